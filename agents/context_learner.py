@@ -1,0 +1,297 @@
+"""Policy-gradient training shared by the memory-based meta-learners (RL², SNAIL).
+
+For these learners adaptation *is* context: a sequence model reads the trial so far,
+(obs, previous action, previous reward, done flag), and the policy conditions on its
+features. A trial of K episodes is one long episode of the meta-MDP, so advantages run
+across episode boundaries inside a trial and stop at the trial's end.
+
+Subclasses only provide the sequence model (``build_trunk``); it must offer
+``output_size``, ``initial_state(batch, device)``, ``step(x, state) -> (features, state)``
+and ``forward(x [T, B, D]) -> features [T, B, H]`` where step-by-step equals full-sequence.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+from metarl.batch import TrajectoryBatch
+from metarl.heads import ActionHead, ContextEncoder
+from metarl.learner import Curve, Learner, check_finite
+from metarl.pg import gae, masked_mean, minibatch_rows, ppo_policy_loss, surrogate_loss, trpo_step, vpg_loss
+from metarl.policy import PolicyStep, StepInput
+from metarl.problem import RLProblem
+
+OPTIMIZERS = ("ppo", "trpo", "vpg")
+
+
+@dataclasses.dataclass
+class ContextConfig:
+    """Outer-loop settings shared by RL² and SNAIL."""
+
+    optimizer: str = "ppo"
+    """Outer-loop algorithm: ``ppo``, ``trpo`` or ``vpg``."""
+    trials_per_iteration: int = 256
+    """Trials (tasks) collected per iteration; each row of the batch is one trial."""
+    gamma: float = 0.99
+    """Discount across the whole trial."""
+    gae_lambda: float = 0.95
+    """GAE λ."""
+    lr: float = 1e-3
+    """Adam learning rate (policy for PPO/VPG; value function always)."""
+    epochs: int = 4
+    """PPO epochs per iteration; also the value-function epochs for TRPO and VPG."""
+    minibatches: int = 4
+    """Minibatches per epoch. They split trials (rows), never time."""
+    clip: float = 0.2
+    """PPO ratio clip ε."""
+    entropy_coef: float = 0.01
+    """Entropy bonus weight (PPO and VPG)."""
+    value_coef: float = 0.5
+    """Value-loss weight when policy and value share the trunk (PPO, VPG)."""
+    max_grad_norm: float = 1.0
+    """Global gradient-norm clip for Adam updates."""
+    normalize_advantages: bool = True
+    """Standardise advantages over the valid steps of the batch."""
+    max_kl: float = 0.01
+    """TRPO trust-region radius on the mean KL."""
+    damping: float = 0.1
+    """TRPO Fisher-vector-product damping."""
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"algo.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        positive = ("trials_per_iteration", "epochs", "minibatches", "lr", "max_kl")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"algo.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
+            raise ValueError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+
+
+class ContextPolicyNet(nn.Module):
+    """Encoder → sequence model → action head (and value head, or a separate value trunk)."""
+
+    def __init__(self, encoder: ContextEncoder, trunk: nn.Module, head: ActionHead,
+                 value_trunk: nn.Module | None):
+        super().__init__()
+        self.encoder = encoder
+        self.trunk = trunk
+        self.head = head
+        self.value_trunk = value_trunk
+        value_in = (value_trunk or trunk).output_size
+        self.value_head = nn.Linear(value_in, 1)
+
+    def policy_parameters(self) -> list[nn.Parameter]:
+        return [*self.trunk.parameters(), *self.head.parameters()]
+
+    def value_parameters(self) -> list[nn.Parameter]:
+        if self.value_trunk is None:
+            return list(self.parameters())
+        return [*self.value_trunk.parameters(), *self.value_head.parameters()]
+
+    def encode_batch(self, batch: TrajectoryBatch) -> torch.Tensor:
+        prev_action, prev_reward, prev_done = batch.previous()
+        return self.encoder(batch.obs, prev_action, prev_reward, prev_done, batch.trial_start)
+
+    def evaluate(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-trial forward: (action-distribution parameters, values), both ``[T, B, …]``."""
+        x = self.encode_batch(batch)
+        features = self.trunk(x)
+        params = self.head(features)
+        value_features = features if self.value_trunk is None else self.value_trunk(x)
+        return params, self.value_head(value_features).squeeze(-1)
+
+
+class ContextPolicy:
+    """The acting side of :class:`ContextPolicyNet` (a :class:`metarl.policy.Policy`)."""
+
+    def __init__(self, net: ContextPolicyNet, greedy: bool = False):
+        self.net = net
+        self.greedy = greedy
+
+    def initial_state(self, num_rows: int, device: torch.device) -> Any:
+        value_state = None if self.net.value_trunk is None else self.net.value_trunk.initial_state(num_rows, device)
+        return self.net.trunk.initial_state(num_rows, device), value_state
+
+    def step(self, inp: StepInput, state: Any, generator: torch.Generator) -> PolicyStep:
+        net = self.net
+        x = net.encoder(inp.obs, inp.prev_action, inp.prev_reward, inp.prev_done, inp.trial_start)
+        features, trunk_state = net.trunk.step(x, state[0])
+        params = net.head(features)
+        action = net.head.mode(params) if self.greedy else net.head.sample(params, generator)
+        log_prob = net.head.log_prob(params, action)
+        if net.value_trunk is None:
+            value_features, value_state = features, None
+        else:
+            value_features, value_state = net.value_trunk.step(x, state[1])
+        value = net.value_head(value_features).squeeze(-1)
+        return PolicyStep(action, log_prob, value, (trunk_state, value_state))
+
+
+class ContextLearner(Learner):
+    """RL²-style meta-learner over a sequence model; see the module docstring."""
+
+    config_cls = ContextConfig
+
+    def __init__(self, problem: RLProblem, config: ContextConfig, device: torch.device | str = "cpu"):
+        self.problem = problem
+        self.config = config
+        self.device = torch.device(device)
+        encoder = ContextEncoder(problem.observation_space, problem.action_space)
+        seq_len = problem.max_trial_steps
+        trunk = self.build_trunk(encoder.output_size, seq_len)
+        # TRPO constrains the policy alone, so the value function gets its own trunk;
+        # PPO and VPG share one trunk and add the value loss.
+        value_trunk = self.build_trunk(encoder.output_size, seq_len) if config.optimizer == "trpo" else None
+        head = ActionHead(trunk.output_size, problem.action_space)
+        self.net = ContextPolicyNet(encoder, trunk, head, value_trunk).to(self.device)
+        params = self.net.value_parameters() if config.optimizer == "trpo" else list(self.net.parameters())
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
+        self.policy = ContextPolicy(self.net)
+
+    @abc.abstractmethod
+    def build_trunk(self, input_size: int, sequence_length: int) -> nn.Module:
+        """The sequence model (see module docstring)."""
+
+    # ------------------------------------------------------------------ training
+    def tasks_per_iteration(self) -> int:
+        return self.config.trials_per_iteration
+
+    def train_iteration(self, tasks: Any, generator: torch.Generator) -> dict[str, float]:
+        self.net.eval()
+        batch = self.problem.collect(self.policy, tasks, generator)
+        advantages, returns = self.advantages(batch)
+        self.net.train()
+        if self.config.optimizer == "ppo":
+            metrics = self._ppo(batch, advantages, returns, generator)
+        elif self.config.optimizer == "trpo":
+            metrics = self._trpo(batch, advantages, returns, generator)
+        else:
+            metrics = self._vpg(batch, advantages, returns)
+        episode_returns = batch.episode_returns(self.problem.episodes)
+        metrics["return"] = float(batch.trial_returns().mean())
+        metrics["return_first_episode"] = float(episode_returns[0].mean())
+        metrics["return_last_episode"] = float(episode_returns[-1].mean())
+        metrics["env_steps"] = float(batch.valid.sum())
+        return metrics
+
+    def advantages(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
+        """GAE over whole trials: the trial's end is the meta-episode's terminal step."""
+        end = batch.trial_end | ~batch.valid
+        shifted = torch.cat([batch.value[1:], torch.zeros_like(batch.value[:1])])
+        adv, ret = gae(batch.reward, batch.value, shifted, end, end, self.config.gamma, self.config.gae_lambda)
+        if self.config.normalize_advantages:
+            valid = batch.valid
+            mean = masked_mean(adv, valid)
+            std = masked_mean((adv - mean).pow(2), valid).sqrt()
+            adv = (adv - mean) / (std + 1e-8)
+        return adv, ret
+
+    def _losses(self, batch: TrajectoryBatch):
+        params, value = self.net.evaluate(batch)
+        log_prob = self.net.head.log_prob(params, batch.action)
+        entropy = self.net.head.entropy(params)
+        return params, log_prob, entropy, value
+
+    def _adam_step(self, loss: torch.Tensor, name: str) -> None:
+        check_finite(name, loss.detach())
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = nn.utils.clip_grad_norm_(
+            [p for g in self.optimizer.param_groups for p in g["params"]], self.config.max_grad_norm
+        )
+        check_finite(f"gradient of {name}", grad_norm)
+        self.optimizer.step()
+
+    def _ppo(self, batch, advantages, returns, generator) -> dict[str, float]:
+        cfg = self.config
+        stats: dict[str, list[float]] = {"loss_policy": [], "loss_value": [], "entropy": [],
+                                         "approx_kl": [], "clip_fraction": []}
+        for _ in range(cfg.epochs):
+            for rows in minibatch_rows(batch.num_trials, cfg.minibatches, generator):
+                rows = rows.to(self.device)
+                sub = batch.select(rows)
+                _, log_prob, entropy, value = self._losses(sub)
+                policy_loss, info = ppo_policy_loss(log_prob, sub.log_prob, advantages[:, rows], sub.valid, cfg.clip)
+                value_loss = masked_mean((value - returns[:, rows]).pow(2), sub.valid)
+                ent = masked_mean(entropy, sub.valid)
+                self._adam_step(policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * ent, "loss")
+                stats["loss_policy"].append(float(policy_loss.detach()))
+                stats["loss_value"].append(float(value_loss.detach()))
+                stats["entropy"].append(float(ent.detach()))
+                stats["approx_kl"].append(info["approx_kl"])
+                stats["clip_fraction"].append(info["clip_fraction"])
+        return {k: sum(v) / len(v) for k, v in stats.items()}
+
+    def _vpg(self, batch, advantages, returns) -> dict[str, float]:
+        cfg = self.config
+        _, log_prob, entropy, value = self._losses(batch)
+        policy_loss = vpg_loss(log_prob, advantages, batch.valid)
+        value_loss = masked_mean((value - returns).pow(2), batch.valid)
+        ent = masked_mean(entropy, batch.valid)
+        self._adam_step(policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * ent, "loss")
+        return {"loss_policy": float(policy_loss.detach()), "loss_value": float(value_loss.detach()),
+                "entropy": float(ent.detach())}
+
+    def _trpo(self, batch, advantages, returns, generator) -> dict[str, float]:
+        cfg, net = self.config, self.net
+        with torch.no_grad():
+            old_params = net.head(net.trunk(net.encode_batch(batch)))
+            old_log_std = None if net.head.discrete else net.head.log_std.detach().clone()
+        x = net.encode_batch(batch).detach()
+
+        def policy_params() -> torch.Tensor:
+            return net.head(net.trunk(x))
+
+        def loss_fn() -> torch.Tensor:
+            return surrogate_loss(net.head.log_prob(policy_params(), batch.action), batch.log_prob,
+                                  advantages, batch.valid)
+
+        def kl_fn() -> torch.Tensor:
+            return masked_mean(net.head.kl(old_params, policy_params(), old_log_std), batch.valid)
+
+        result = trpo_step(net.policy_parameters(), loss_fn, kl_fn, cfg.max_kl, cfg.damping)
+        value_losses = []
+        for _ in range(cfg.epochs):
+            for rows in minibatch_rows(batch.num_trials, cfg.minibatches, generator):
+                rows = rows.to(self.device)
+                sub = batch.select(rows)
+                value = net.value_head(net.value_trunk(net.encode_batch(sub))).squeeze(-1)
+                value_loss = masked_mean((value - returns[:, rows]).pow(2), sub.valid)
+                self._adam_step(value_loss, "loss_value")
+                value_losses.append(float(value_loss.detach()))
+        with torch.no_grad():
+            entropy = masked_mean(net.head.entropy(policy_params()), batch.valid)
+        return {
+            "loss_policy": result.loss_after,
+            "loss_value": sum(value_losses) / len(value_losses),
+            "entropy": float(entropy),
+            "kl": result.kl,
+            "trpo_accepted": float(result.accepted),
+            "trpo_backtracks": float(result.backtracks),
+        }
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, tasks: Any, generator: torch.Generator) -> dict[str, Curve]:
+        self.net.eval()
+        batch = self.problem.collect(self.policy, tasks, generator)
+        returns = batch.episode_returns(self.problem.episodes).cpu()
+        return {self.name: Curve(list(range(1, self.problem.episodes + 1)), returns, "episode")}
+
+    @property
+    def name(self) -> str:
+        return getattr(self, "registered_name", type(self).__name__.lower())
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])

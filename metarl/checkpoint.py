@@ -1,0 +1,77 @@
+"""Atomic, integrity-checked checkpoints loaded with ``weights_only=True``.
+
+File layout: a magic line, the SHA-256 of the payload, then the payload written by
+``torch.save``. Writing goes to a temporary file in the same directory, which is flushed,
+fsynced and renamed over the old checkpoint, so a crash at any moment leaves either the
+previous checkpoint or the new one, never a torn file. Loading checks the magic and the
+digest before unpickling, and unpickles with ``weights_only=True``: a foreign, truncated or
+tampered file is refused with a one-line :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+MAGIC = b"METARL-CHECKPOINT v1\n"
+FORMAT = "metarl"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, foreign, truncated or tampered with."""
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
+    """Atomically writes ``payload`` (tensors, numbers, strings, containers) to ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    torch.save({"format": FORMAT, **payload}, buffer)
+    data = buffer.getvalue()
+    digest = hashlib.sha256(data).hexdigest().encode()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(MAGIC + digest + b"\n" + data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Reads and verifies a checkpoint written by :func:`save_checkpoint`.
+
+    Raises:
+        CheckpointError: If the file is missing, not a metarl checkpoint, truncated, or its
+            contents do not match the recorded digest.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise CheckpointError(f"no checkpoint at {path}") from None
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror}") from None
+    if not raw.startswith(MAGIC):
+        raise CheckpointError(f"{path} is not a metarl checkpoint")
+    header_end = len(MAGIC) + 65
+    digest, data = raw[len(MAGIC) : header_end - 1], raw[header_end:]
+    if len(raw) < header_end or hashlib.sha256(data).hexdigest().encode() != digest:
+        raise CheckpointError(f"checkpoint {path} is corrupt (truncated or modified: digest mismatch)")
+    try:
+        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {first}") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a metarl checkpoint")
+    return payload

@@ -1,0 +1,197 @@
+"""The ``metarl`` command line.
+
+Commands: ``train``, ``eval``, ``envs``, ``algos``, ``check-env``. Bad usage or input exits
+with status 2 and a single line on stderr; a run that fails while training (e.g. a NaN
+loss) exits with status 1, also with one line. Other tools script against this contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+from metarl import registry
+
+USAGE_ERROR = 2
+RUN_ERROR = 1
+
+
+class UsageError(Exception):
+    """Bad usage or input: exit 2 with one line."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports errors as one line and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="metarl", description="Meta-reinforcement learning toolkit.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    t = sub.add_parser("train", help="meta-train a learner on a task distribution")
+    t.add_argument("algo", nargs="?", help="registered algorithm (see `metarl algos`)")
+    t.add_argument("env", nargs="?", help="registered env, path/file.py:Class or package.module:Class")
+    t.add_argument("--config", help="YAML config file (sections env, trial, algo, train)")
+    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one option, e.g. --set env.arms=10 (repeatable)")
+    t.add_argument("--seed", type=int)
+    t.add_argument("--iterations", type=int)
+    t.add_argument("--device", help="cpu or cuda")
+    t.add_argument("--logdir", help="run directory (default runs/ALGO-ENV-seedN-TIME)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --logdir")
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    e = sub.add_parser("eval", help="meta-test a trained run: adaptation curves and baselines")
+    e.add_argument("run_dir")
+    e.add_argument("--tasks", type=int, default=1000, help="held-out tasks (default 1000)")
+    e.add_argument("--seed", type=int, help="seed of the held-out split (default: the run's)")
+    e.add_argument("--out", help="output directory (default RUN_DIR/eval)")
+    e.add_argument("--device", help="override the run's device")
+
+    sub.add_parser("envs", help="list task distributions")
+    sub.add_parser("algos", help="list algorithms")
+
+    c = sub.add_parser("check-env", help="validate a task distribution")
+    c.add_argument("env")
+    c.add_argument("--set", dest="sets", action="append", default=[], metavar="env.KEY=VALUE")
+    return p
+
+
+def _describe(entry: registry.Entry) -> str:
+    if entry.description:
+        return entry.description
+    try:
+        return getattr(registry.load_target(entry.target), "description", "") or "(plug-in)"
+    except registry.RegistryError as e:
+        return f"(failed to load: {e})"
+
+
+def cmd_list(kind: str) -> int:
+    entries = registry.all_envs() if kind == "envs" else registry.all_algos()
+    width = max(len(n) for n in entries)
+    for name in sorted(entries):
+        print(f"{name:<{width}}  {_describe(entries[name])}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from metarl.config import build_run_config, load_yaml
+    from metarl.runner import Runner
+
+    file_data: dict = {}
+    if args.resume:
+        if not args.logdir:
+            raise UsageError("--resume needs --logdir RUN_DIR")
+        if args.config or args.sets:
+            raise UsageError("--resume takes its configuration from RUN_DIR/config.yaml; "
+                             "drop --config/--set (only --iterations may change)")
+        cfg_path = Path(args.logdir) / "config.yaml"
+        if not cfg_path.exists():
+            raise UsageError(f"cannot resume: {args.logdir} is not a metarl run directory (no config.yaml)")
+        file_data = load_yaml(cfg_path)
+    elif args.config:
+        file_data = load_yaml(args.config)
+    flags = {"seed": args.seed, "iterations": args.iterations, "device": args.device}
+    config, env_cls, learner_cls = build_run_config(
+        args.algo, args.env, file_data, args.sets, flags, registry.resolve_env, registry.resolve_algo
+    )
+    if args.logdir:
+        run_dir = Path(args.logdir)
+    else:
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        safe_env = config.environment.replace("/", "_").replace(":", "_")
+        run_dir = Path("runs") / f"{config.algorithm}-{safe_env}-seed{config.train.seed}-{stamp}"
+    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+        raise UsageError(f"run directory {run_dir} already exists; use --resume or another --logdir")
+    runner = Runner(run_dir, config, env_cls, learner_cls, resume=args.resume,
+                    progress=not args.no_progress)
+    last = runner.run()
+    test = last.get("meta_test/return")
+    summary = f"meta-test return {test:.4g}" if test is not None else "done"
+    print(f"{summary}; run directory: {run_dir}")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from metarl.evaluate import evaluate_run
+
+    if args.tasks < 1:
+        raise UsageError("--tasks must be >= 1")
+    curves = evaluate_run(args.run_dir, args.tasks, args.seed, args.out, args.device)
+    out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
+    for name, curve in curves.items():
+        total = curve.values.sum(0) if curve.x_label == "episode" else curve.values[-1]
+        print(f"{name:<22} {float(total.double().mean()):10.4g}")
+    print(f"wrote {out / 'adaptation.csv'}, {out / 'summary.csv'} and {out / 'adaptation.png'}")
+    return 0
+
+
+def cmd_check_env(args: argparse.Namespace) -> int:
+    from metarl.config import check_fields, constructor_fields, parse_set
+    from metarl.testing import check_task_env
+
+    env_cls = registry.resolve_env(args.env)
+    kwargs = {}
+    for item in args.sets:
+        section, key, value = parse_set(item)
+        if section != "env":
+            raise UsageError(f"check-env only takes env.* options, got {section}.{key}")
+        kwargs[key] = value
+    kwargs = check_fields("env", kwargs, constructor_fields(env_cls))
+    problems = check_task_env(env_cls, kwargs)
+    if problems:
+        for line in problems:
+            print(f"FAIL {line}")
+        print(f"{args.env}: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.env}: OK")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``metarl`` console script."""
+    from metarl.checkpoint import CheckpointError
+    from metarl.config import ConfigError
+
+    try:
+        args = _parser().parse_args(argv)
+        if args.command in ("envs", "algos"):
+            return cmd_list(args.command)
+        if args.command == "train":
+            return cmd_train(args)
+        if args.command == "eval":
+            return cmd_eval(args)
+        return cmd_check_env(args)
+    except (UsageError, ConfigError, registry.RegistryError, CheckpointError) as e:
+        return _fail(str(e), USAGE_ERROR)
+    except KeyboardInterrupt:
+        return _fail("interrupted; resume with --resume", 130)
+    except Exception as e:
+        from metarl.runner import EnvError, TrainingError
+
+        if isinstance(e, EnvError):
+            return _fail(str(e), USAGE_ERROR)
+        if isinstance(e, TrainingError):
+            return _fail(str(e), RUN_ERROR)
+        if isinstance(e, SystemExit):
+            raise
+        # Unexpected errors still get one line; METARL_DEBUG=1 shows the traceback.
+        import os
+
+        if os.environ.get("METARL_DEBUG"):
+            raise
+        return _fail(f"{type(e).__name__}: {e}".splitlines()[0], RUN_ERROR)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"metarl: error: {message}", file=sys.stderr)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""Meta-test a trained run: adaptation curves with 95% CIs, next to the baselines.
+
+Writes, in the output directory:
+
+* ``adaptation.csv``: ``learner,x,mean_return,ci_low,ci_high,n_tasks``, one row per
+  learner and x (episode index within the trial, or gradient step);
+* ``summary.csv``: each learner's mean trial return with its CI, and the return normalised
+  by the env's exact optimum where the env provides one;
+* ``adaptation.png``: the curves with shaded CIs;
+* a TensorBoard event file with the same curves (``adaptation/<learner>`` against x).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from metarl.checkpoint import load_checkpoint
+from metarl.config import build_run_config
+from metarl.learner import Curve
+from metarl.registry import resolve_algo, resolve_env
+from metarl.runner import CHECKPOINT, build_learner, build_problem, load_run
+from metarl.tasks import torch_generator
+
+EVAL_SEED_STREAM = 2
+
+
+def mean_ci(values: torch.Tensor) -> tuple[float, float, float]:
+    """Mean and normal-approximation 95% confidence interval over the last dim."""
+    values = values.double()
+    n = values.shape[-1]
+    mean = float(values.mean())
+    half = 1.96 * float(values.std(unbiased=True)) / math.sqrt(n) if n > 1 else 0.0
+    return mean, mean - half, mean + half
+
+
+def baseline_curves(problem: Any, tasks: Any, generator: torch.Generator) -> dict[str, Curve]:
+    """Runs every baseline policy of the problem through the collector on ``tasks``."""
+    curves = {}
+    x = list(range(1, problem.episodes + 1))
+    for name, factory in problem.baselines().items():
+        batch = problem.collect(factory(), tasks, generator)
+        curves[name] = Curve(x, batch.episode_returns(problem.episodes).cpu(), "episode")
+    return curves
+
+
+def write_outputs(out: Path, curves: dict[str, Curve], optimum: torch.Tensor | None = None,
+                  title: str = "") -> None:
+    """Writes adaptation.csv, summary.csv, adaptation.png and TensorBoard curves."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "adaptation.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["learner", "x", "mean_return", "ci_low", "ci_high", "n_tasks"])
+        for name, curve in curves.items():
+            for i, x in enumerate(curve.x):
+                m, lo, hi = mean_ci(curve.values[i])
+                writer.writerow([name, x, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", curve.values.shape[1]])
+    with open(out / "summary.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["learner", "mean_total", "ci_low", "ci_high", "normalised", "n_tasks"])
+        for name, curve in curves.items():
+            total = curve.values.sum(0) if curve.x_label == "episode" else curve.values[-1]
+            m, lo, hi = mean_ci(total)
+            norm = ""
+            if optimum is not None and bool((optimum > 0).all()):
+                norm = f"{float((total.double() / optimum.double().cpu()).mean()):.6g}"
+            writer.writerow([name, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", norm, curve.values.shape[1]])
+    _plot(out / "adaptation.png", curves, title)
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(out)) as tb:
+        for name, curve in curves.items():
+            means = curve.values.double().mean(1)
+            for x, m in zip(curve.x, means.tolist()):
+                tb.add_scalar(f"adaptation/{name}", m, x)
+
+
+def _plot(path: Path, curves: dict[str, Curve], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, curve in curves.items():
+        stats = [mean_ci(curve.values[i]) for i in range(len(curve.x))]
+        means = [s[0] for s in stats]
+        style = "-" if len(curve.x) > 1 else "o"
+        ax.plot(curve.x, means, style, label=name, linewidth=2.2 if name == title.split()[0] else 1.2)
+        ax.fill_between(curve.x, [s[1] for s in stats], [s[2] for s in stats], alpha=0.2)
+    first = next(iter(curves.values()))
+    ax.set_xlabel(first.x_label)
+    ax.set_ylabel("mean return per episode (95% CI)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def evaluate_run(run_dir: str | Path, num_tasks: int = 1000, seed: int | None = None,
+                 out: str | Path | None = None, device: str | None = None) -> dict[str, Curve]:
+    """Meta-tests the last checkpoint of ``run_dir`` on held-out tasks.
+
+    Args:
+        run_dir: A directory written by ``metarl train``.
+        num_tasks: Held-out tasks to evaluate on.
+        seed: Seed of the held-out split (default: the run's seed, so the split is disjoint
+            from the tasks it trained on).
+        out: Output directory (default ``RUN_DIR/eval``).
+        device: Override the run's device.
+
+    Returns:
+        The curves, keyed by learner name (the trained learner under its algorithm name).
+    """
+    run_dir = Path(run_dir)
+    data = load_run(run_dir)
+    flags = {"device": device} if device else {}
+    config, env_cls, learner_cls = build_run_config(None, None, data, [], flags, resolve_env, resolve_algo)
+    dev = torch.device(config.train.device)
+    problem = build_problem(config, env_cls, dev)
+    learner = build_learner(config, learner_cls, problem, dev)
+    state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
+    learner.load_state_dict(state["learner"])
+    seed = config.train.seed if seed is None else seed
+    tasks = problem.sample_test_tasks(num_tasks, seed)
+    curves = learner.evaluate(tasks, torch_generator(seed, EVAL_SEED_STREAM, device=dev))
+    if next(iter(curves.values())).x_label == "episode":
+        curves.update(baseline_curves(problem, tasks, torch_generator(seed, EVAL_SEED_STREAM, 1, device=dev)))
+    optimum = None
+    if hasattr(problem.distribution, "optimal_episode_return"):
+        optimum = problem.distribution.optimal_episode_return(tasks) * problem.episodes
+    out_dir = Path(out) if out else run_dir / "eval"
+    write_outputs(out_dir, curves, optimum, title=f"{config.algorithm} on {config.environment}")
+    problem.close()
+    return curves

@@ -1,0 +1,105 @@
+"""The learner interface the runner, evaluator and CLI program against.
+
+A learner owns its networks and optimisers and knows how to do one meta-training iteration
+and how to measure adaptation on held-out tasks. Everything domain-specific (how tasks
+become trajectories or few-shot batches) comes through the ``problem`` it is built with.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import torch
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """An adaptation curve: one value per task at each x.
+
+    Attributes:
+        x: The x positions (episode index within the trial, gradient step, or shots).
+        values: ``[len(x), n_tasks]`` per-task returns (or accuracies) at each x.
+        x_label: What x counts, e.g. ``"episode"`` or ``"gradient step"``.
+    """
+
+    x: list[int]
+    values: torch.Tensor
+    x_label: str
+
+    def __post_init__(self) -> None:
+        if self.values.dim() != 2 or self.values.shape[0] != len(self.x):
+            raise ValueError(f"Curve values must be [len(x)={len(self.x)}, tasks], got {tuple(self.values.shape)}")
+
+
+class Learner(abc.ABC):
+    """Base class of every registered algorithm.
+
+    Subclasses set ``config_cls`` (a dataclass whose fields are the ``algo.*`` options, each
+    with a docstring) and ``description``, and are constructed as
+    ``cls(problem, config, device)``.
+    """
+
+    config_cls: ClassVar[type]
+    description: ClassVar[str] = ""
+
+    @abc.abstractmethod
+    def tasks_per_iteration(self) -> int:
+        """How many training tasks one iteration consumes."""
+
+    @abc.abstractmethod
+    def train_iteration(self, tasks: Any, generator: torch.Generator) -> dict[str, float]:
+        """One meta-training iteration on ``tasks``; returns scalar metrics.
+
+        Metric names are namespaced by the runner: ``return`` and other rollout statistics
+        go under ``meta_train/``, names starting with ``loss`` or ending in ``_loss`` under
+        ``losses/``.
+        """
+
+    @abc.abstractmethod
+    def evaluate(self, tasks: Any, generator: torch.Generator) -> dict[str, Curve]:
+        """Adaptation curves on held-out ``tasks``: the learner's own under its registered
+        name, plus any learner-specific baselines (e.g. a fine-tuned random init)."""
+
+    def summary_metric(self, curves: dict[str, Curve], name: str) -> float:
+        """The headline number of an evaluation (default: mean total over x)."""
+        return float(curves[name].values.sum(0).mean())
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to resume: parameters and optimiser state (tensors, numbers)."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+    def parameters_vector(self) -> torch.Tensor:
+        """All trainable parameters as one flat vector (resume/determinism checks)."""
+        tensors = [v.reshape(-1).float() for v in _tensors(self.state_dict().get("model", {}))]
+        return torch.cat(tensors) if tensors else torch.zeros(0)
+
+
+def _tensors(tree: Any) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for k in sorted(tree) for t in _tensors(tree[k])]
+    if isinstance(tree, list | tuple):
+        return [t for v in tree for t in _tensors(v)]
+    return []
+
+
+class NonFiniteError(RuntimeError):
+    """A loss or gradient became NaN or infinite."""
+
+    def __init__(self, name: str, value: float):
+        super().__init__(f"{name} is {value}")
+        self.name = name
+        self.value = value
+
+
+def check_finite(name: str, value: torch.Tensor | float) -> None:
+    """Raises :class:`NonFiniteError` if ``value`` has a NaN or infinity."""
+    t = torch.as_tensor(value)
+    if not bool(torch.isfinite(t).all()):
+        raise NonFiniteError(name, float(t.reshape(-1)[~torch.isfinite(t.reshape(-1))][0]))

@@ -1,0 +1,154 @@
+"""Names → implementations, for envs and algorithms.
+
+``metarl`` never imports ``envs`` or ``agents`` directly: it looks them up here as
+``"module:attr"`` strings, imported only when used. Third-party packages add task
+distributions through the ``metarl.envs`` entry-point group (and algorithms through
+``metarl.algos``). A user's own class can be named directly as ``path/to/file.py:Class``
+or ``package.module:Class``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import importlib.metadata
+import importlib.util
+import sys
+from pathlib import Path
+from typing import Any
+
+
+class RegistryError(ValueError):
+    """An unknown name or an import target that cannot be loaded."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    """A registered env or algorithm.
+
+    Attributes:
+        name: The CLI name.
+        target: ``"module:attr"`` of the implementation.
+        description: One line shown by ``metarl envs`` / ``metarl algos``.
+    """
+
+    name: str
+    target: str
+    description: str
+
+
+ENVS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("bandit", "envs.bandit:BanditDistribution",
+              "Bernoulli multi-armed bandit, arm means ~ U[0,1]; one pull per episode"),
+        Entry("tabular-mdp", "envs.tabular_mdp:TabularMDPDistribution",
+              "random tabular MDP: 10 states, 5 actions, horizon 10, Dirichlet transitions"),
+        Entry("nav2d", "envs.nav2d:Nav2DDistribution",
+              "2D point navigation to a goal ~ U[-0.5,0.5]^2, reward = -distance"),
+        Entry("halfcheetah-dir", "envs.mujoco_dirvel:HalfCheetahDirEnv",
+              "MuJoCo HalfCheetah (v5), run forward or backward (MAML); needs the mujoco extra"),
+        Entry("halfcheetah-vel", "envs.mujoco_dirvel:HalfCheetahVelEnv",
+              "MuJoCo HalfCheetah (v5), reach a target velocity ~ U[0,2] (MAML)"),
+        Entry("ant-dir", "envs.mujoco_dirvel:AntDirEnv",
+              "MuJoCo Ant (v5), walk forward or backward (MAML)"),
+        Entry("ant-vel", "envs.mujoco_dirvel:AntVelEnv",
+              "MuJoCo Ant (v5), reach a target velocity ~ U[0,3] (MAML)"),
+    ]
+}
+
+#: Algorithm name → implementation. All current learners are meta-RL learners.
+ALGOS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry("rl2", "agents.rl2:RL2",
+              "RL²: GRU/LSTM policy over (obs, prev action, prev reward, done); PPO or TRPO"),
+    ]
+}
+
+
+def _entry_points(group: str) -> dict[str, Entry]:
+    found = {}
+    for ep in importlib.metadata.entry_points(group=group):
+        found[ep.name] = Entry(ep.name, ep.value, "")
+    return found
+
+
+def all_envs() -> dict[str, Entry]:
+    """Built-in envs plus those registered by installed plug-ins."""
+    return {**_entry_points("metarl.envs"), **ENVS}
+
+
+def all_algos() -> dict[str, Entry]:
+    return {**_entry_points("metarl.algos"), **ALGOS}
+
+
+def load_target(spec: str) -> Any:
+    """Imports ``"module:attr"`` or ``"path/to/file.py:attr"``.
+
+    Raises:
+        RegistryError: With a one-line reason if the module or attribute cannot be loaded.
+    """
+    if ":" not in spec:
+        raise RegistryError(f"{spec!r} is not of the form module:Class or file.py:Class")
+    module_part, _, attr = spec.rpartition(":")
+    try:
+        if module_part.endswith(".py"):
+            path = Path(module_part).expanduser().resolve()
+            if not path.is_file():
+                raise RegistryError(f"no such file: {module_part}")
+            mod_name = f"metarl_user_{path.stem}_{abs(hash(str(path)))}"
+            if mod_name in sys.modules:
+                module = sys.modules[mod_name]
+            else:
+                file_spec = importlib.util.spec_from_file_location(mod_name, path)
+                module = importlib.util.module_from_spec(file_spec)
+                sys.modules[mod_name] = module
+                sys.path.insert(0, str(path.parent))
+                try:
+                    file_spec.loader.exec_module(module)
+                finally:
+                    sys.path.remove(str(path.parent))
+        else:
+            module = importlib.import_module(module_part)
+    except RegistryError:
+        raise
+    except ModuleNotFoundError as e:
+        raise RegistryError(f"cannot import {module_part!r}: {e}") from None
+    except Exception as e:  # a user's module that fails at import time
+        raise RegistryError(f"importing {module_part!r} failed: {type(e).__name__}: {e}") from None
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise RegistryError(f"{module_part!r} has no attribute {attr!r}") from None
+
+
+def _unknown(kind: str, name: str, known: dict[str, Entry]) -> RegistryError:
+    hint = difflib.get_close_matches(name, known, n=1)
+    did_you_mean = f"; did you mean {hint[0]!r}?" if hint else ""
+    return RegistryError(
+        f"unknown {kind} {name!r} (known: {', '.join(sorted(known))}{did_you_mean})"
+    )
+
+
+def resolve_env(name: str) -> Any:
+    """The task-distribution class registered as ``name`` (or named by a path/module)."""
+    known = all_envs()
+    if name in known:
+        return load_target(known[name].target)
+    if ":" in name:
+        return load_target(name)
+    raise _unknown("env", name, known)
+
+
+def resolve_algo(name: str) -> Any:
+    """The learner class registered as ``name``."""
+    known = all_algos()
+    if name in known:
+        cls = load_target(known[name].target)
+        cls.registered_name = name
+        return cls
+    if ":" in name:
+        return load_target(name)
+    raise _unknown("algorithm", name, known)
