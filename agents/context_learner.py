@@ -147,7 +147,8 @@ class ContextLearner(Learner):
         trunk = self.build_trunk(encoder.output_size, seq_len)
         # TRPO constrains the policy alone, so the value function gets its own trunk;
         # PPO and VPG share one trunk and add the value loss.
-        value_trunk = self.build_trunk(encoder.output_size, seq_len) if config.optimizer == "trpo" else None
+        value_trunk = (self.build_trunk(encoder.output_size, seq_len, value=True)
+                       if config.optimizer == "trpo" else None)
         head = ActionHead(trunk.output_size, problem.action_space)
         self.net = ContextPolicyNet(encoder, trunk, head, value_trunk).to(self.device)
         params = self.net.value_parameters() if config.optimizer == "trpo" else list(self.net.parameters())
@@ -155,8 +156,8 @@ class ContextLearner(Learner):
         self.policy = ContextPolicy(self.net)
 
     @abc.abstractmethod
-    def build_trunk(self, input_size: int, sequence_length: int) -> nn.Module:
-        """The sequence model (see module docstring)."""
+    def build_trunk(self, input_size: int, sequence_length: int, value: bool = False) -> nn.Module:
+        """The sequence model (see module docstring); ``value`` asks for a separate critic."""
 
     # ------------------------------------------------------------------ training
     def tasks_per_iteration(self) -> int:

@@ -80,5 +80,5 @@ class RL2(ContextLearner):
     config_cls = RL2Config
     description = "RL²: GRU/LSTM policy over (obs, prev action, prev reward, done); PPO or TRPO"
 
-    def build_trunk(self, input_size: int, sequence_length: int) -> nn.Module:
+    def build_trunk(self, input_size: int, sequence_length: int, value: bool = False) -> nn.Module:
         return RecurrentTrunk(input_size, self.config.hidden_size, self.config.cell)

@@ -9,6 +9,7 @@ The dynamics are written once, batched in torch (:class:`BanditEnv`); the gymnas
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import gymnasium as gym
@@ -140,9 +141,44 @@ class BanditDistribution:
         """Expected return of an episode (one pull) under the oracle, ``[n]``."""
         return tasks.means.max(dim=1).values
 
-    def baselines(self) -> dict[str, Callable[[], Policy]]:
-        """Reference policies: ``"oracle"`` knows the arm means."""
-        return {"oracle": BanditOracle}
+    def baselines(self, episodes: int = 10) -> dict[str, Callable[[], Policy]]:
+        """Reference policies for trials of ``episodes`` pulls.
+
+        ``oracle`` knows the arm means. The classical algorithms of
+        :mod:`envs.bandit_baselines` (Gittins index, UCB1, Thompson sampling, optimistic
+        Thompson sampling, ε-greedy, greedy) come next; UCB1's ``c`` and ε are tuned over
+        [0, 1] on training tasks the first time their factory is called.
+        """
+        from envs.bandit_baselines import BANDIT_BASELINES, BANDIT_HYPERPARAMETERS
+
+        out: dict[str, Callable[[], Policy]] = {"oracle": BanditOracle}
+        for name, cls in BANDIT_BASELINES.items():
+            if name == "random":
+                continue
+            if name in BANDIT_HYPERPARAMETERS:
+                out[name] = functools.partial(_tuned_bandit_baseline, name, self.arms, episodes)
+            else:
+                out[name] = functools.partial(cls, num_arms=self.arms, num_episodes=episodes)
+        return out
+
+
+@functools.lru_cache(maxsize=64)
+def tuned_bandit_hyperparameter(name: str, arms: int, episodes: int) -> float:
+    """The value of ``name``'s hyperparameter tuned on 1,000 training tasks (cached)."""
+    from envs.bandit_baselines import tune_bandit_baseline
+    from metarl.tasks import TRAIN_STREAM, task_rng
+
+    # A dedicated training-stream key, so tuning never sees held-out tasks.
+    tasks = BanditDistribution(arms=arms).sample_tasks(1000, task_rng(0, TRAIN_STREAM, 10**9))
+    return tune_bandit_baseline(name, tasks.means, episodes, generator=torch.Generator().manual_seed(0))
+
+
+def _tuned_bandit_baseline(name: str, arms: int, episodes: int) -> Policy:
+    from envs.bandit_baselines import BANDIT_BASELINES, BANDIT_HYPERPARAMETERS
+
+    value = tuned_bandit_hyperparameter(name, arms, episodes)
+    return BANDIT_BASELINES[name](num_arms=arms, num_episodes=episodes,
+                                  **{BANDIT_HYPERPARAMETERS[name]: value})
 
 
 class BanditGymEnv(BatchedEnvView):

@@ -208,10 +208,45 @@ class TabularMDPDistribution:
         """Optimal expected return of one episode from state 0, ``[n]``."""
         return value_iteration(tasks, self.horizon)[1]
 
-    def baselines(self) -> dict[str, Callable[[], Policy]]:
-        """Reference policies: ``"oracle"`` plans with the true MDP."""
+    def baselines(self, episodes: int = 10) -> dict[str, Callable[[], Policy]]:
+        """Reference policies for trials of ``episodes`` episodes.
+
+        ``oracle`` plans with the true MDP. Then the classical algorithms of
+        :mod:`envs.mdp_baselines` (PSRL, OPSRL, UCRL2, BEB, ε-greedy, greedy); the
+        hyperparameters of OPSRL, UCRL2, BEB and ε-greedy are tuned on training tasks the
+        first time their factory is called.
+        """
+        from envs.mdp_baselines import MDP_BASELINES, MDP_HYPERPARAMETERS
+
         # partial, not a lambda, so that the factories pickle (process-based workers).
-        return {"oracle": functools.partial(MDPOracle, self.horizon)}
+        out: dict[str, Callable[[], Policy]] = {"oracle": functools.partial(MDPOracle, self.horizon)}
+        sizes = (self.states, self.actions, self.horizon, episodes)
+        for name, cls in MDP_BASELINES.items():
+            if name == "random":
+                continue
+            if name in MDP_HYPERPARAMETERS:
+                out[name] = functools.partial(_tuned_mdp_baseline, name, *sizes)
+            else:
+                out[name] = functools.partial(cls, self.states, self.actions, self.horizon, episodes)
+        return out
+
+
+@functools.lru_cache(maxsize=64)
+def tuned_mdp_hyperparameter(name: str, states: int, actions: int, horizon: int, episodes: int) -> float:
+    """The value of ``name``'s hyperparameter tuned on 200 training tasks (cached)."""
+    from envs.mdp_baselines import tune_mdp_baseline
+    from metarl.tasks import TRAIN_STREAM, task_rng
+
+    dist = TabularMDPDistribution(states=states, actions=actions, horizon=horizon)
+    tasks = dist.sample_tasks(200, task_rng(0, TRAIN_STREAM, 10**9))
+    return tune_mdp_baseline(name, tasks, horizon, episodes, generator=torch.Generator().manual_seed(0))
+
+
+def _tuned_mdp_baseline(name: str, states: int, actions: int, horizon: int, episodes: int) -> Policy:
+    from envs.mdp_baselines import MDP_BASELINES, MDP_HYPERPARAMETERS
+
+    value = tuned_mdp_hyperparameter(name, states, actions, horizon, episodes)
+    return MDP_BASELINES[name](states, actions, horizon, episodes, **{MDP_HYPERPARAMETERS[name]: value})
 
 
 class TabularMDPGymEnv(BatchedEnvView):

@@ -8,6 +8,7 @@ with ``sample_tasks`` and ``set_task`` (MuJoCo envs, users' envs), runs through
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -102,7 +103,9 @@ class RLProblem:
         """Policies evaluated next to the learner: ``random`` and the env's own."""
         out: dict[str, Callable[[], Policy]] = {"random": lambda: RandomPolicy(self.action_space)}
         if hasattr(self.distribution, "baselines"):
-            out.update(self.distribution.baselines())
+            takes_episodes = "episodes" in inspect.signature(self.distribution.baselines).parameters
+            out.update(self.distribution.baselines(self.episodes) if takes_episodes
+                       else self.distribution.baselines())
         return out
 
     def close(self) -> None:

@@ -64,6 +64,8 @@ ALGOS: dict[str, Entry] = {
     for e in [
         Entry("rl2", "agents.rl2:RL2",
               "RL²: GRU/LSTM policy over (obs, prev action, prev reward, done); PPO or TRPO"),
+        Entry("snail", "agents.snail:SNAIL",
+              "SNAIL: temporal convolutions + causal attention over the trial; PPO or TRPO"),
     ]
 }
 

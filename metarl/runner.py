@@ -54,6 +54,12 @@ def build_problem(config: RunConfig, env_cls: Any, device: torch.device) -> RLPr
         if missing:
             raise EnvError(f"env {name!r} is a gymnasium.Env without {' and '.join(missing)}(); "
                            "a task env needs sample_tasks(n, rng) and set_task(task)")
+        # Catch a broken user env here, with a precise message, rather than mid-training.
+        from metarl.testing import check_task_env
+
+        problems = check_task_env(env_cls, config.env)
+        if problems:
+            raise EnvError(f"env {name!r} ({env_cls.__name__}) breaks the task-env API: {problems[0]}")
         factory = functools.partial(env_cls, **config.env)
     else:
         raise EnvError(f"env {name!r} ({type(distribution).__name__}) is neither a batched task "

@@ -7,7 +7,6 @@ one-line problems (empty if the env is fine) instead of raising on the first one
 from __future__ import annotations
 
 import dataclasses
-import io
 import pickle
 import warnings
 from typing import Any
@@ -26,10 +25,23 @@ def _first_line(e: BaseException) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    try:
+    """Deep equality over tensors, arrays, dataclasses, mappings and sequences."""
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+            and bool(torch.equal(a, b))
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
+    if dataclasses.is_dataclass(a) and not isinstance(a, type):
+        return type(a) is type(b) and all(
+            _same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list | tuple):
+        return isinstance(b, list | tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    try:
+        return bool(a == b)
     except Exception:
-        return a == b
+        return False
 
 
 def _check_gym_env(env_cls: Any, kwargs: dict[str, Any]) -> list[str]:
@@ -50,9 +62,10 @@ def _check_gym_env(env_cls: Any, kwargs: dict[str, Any]) -> list[str]:
         return [f"sample_tasks(4, rng) raised {_first_line(e)}"]
     if len(tasks) != 4:
         problems.append(f"sample_tasks(4, rng) returned {len(tasks)} tasks")
+    if not _same(list(tasks), list(again)):
+        problems.append("sample_tasks is not deterministic: the same rng seed gave different tasks")
     try:
-        if pickle.dumps(tasks) != pickle.dumps(again):
-            problems.append("sample_tasks is not deterministic: the same rng seed gave different tasks")
+        pickle.loads(pickle.dumps(tasks))
     except Exception as e:
         problems.append(f"tasks cannot be pickled (needed by process and Ray samplers): {_first_line(e)}")
     obs_space, act_space = env.observation_space, env.action_space
@@ -118,10 +131,8 @@ def _check_batched(dist_cls: Any, kwargs: dict[str, Any]) -> list[str]:
     try:
         tasks = dist.sample_tasks(8, np.random.default_rng(0))
         again = dist.sample_tasks(8, np.random.default_rng(0))
-        buf_a, buf_b = io.BytesIO(), io.BytesIO()
-        torch.save(tasks, buf_a)
-        torch.save(again, buf_b)
-        if pickle.dumps(tasks) != pickle.dumps(again):
+        pickle.loads(pickle.dumps(tasks))
+        if not _same(tasks, again):
             problems.append("sample_tasks is not deterministic for the same rng seed")
         env = dist.make_batched_env(8, "cpu")
         env.set_tasks(tasks)

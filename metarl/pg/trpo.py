@@ -122,7 +122,7 @@ def trpo_step(
     params = list(params)
     old = get_flat(params)
     loss = loss_fn()
-    loss_before = float(loss)
+    loss_before = float(loss.detach())
     if not math.isfinite(loss_before):
         return TRPOResult(False, loss_before, loss_before, 0.0, 0, "non-finite surrogate loss")
     g = flat_grad(loss, params)

@@ -1,0 +1,233 @@
+"""The CLI contract: train, eval, resume, listings, and one-line errors with exit 2."""
+
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarl.checkpoint import load_checkpoint
+from metarl.cli import main
+
+SMALL = ["--set", "algo.trials_per_iteration=8", "--set", "algo.hidden_size=8",
+         "--set", "train.eval_tasks=4", "--set", "train.eval_every=2", "--no-progress"]
+
+
+def run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_envs_and_algos_listings(capsys):
+    code, out, _ = run(["envs"], capsys)
+    assert code == 0
+    names = [line.split()[0] for line in out.strip().splitlines()]
+    assert {"bandit", "tabular-mdp", "nav2d"} <= set(names)
+    assert all(len(line.split(None, 1)) == 2 for line in out.strip().splitlines())
+    code, out, _ = run(["algos"], capsys)
+    assert code == 0 and out.startswith("rl2") or "rl2 " in out
+
+
+@pytest.mark.parametrize("env", ["bandit", "tabular-mdp", "nav2d"])
+def test_train_eval_smoke(env, tmp_path, capsys):
+    run_dir = tmp_path / env
+    code, out, err = run(["train", "rl2", env, "--iterations", "2", "--logdir", str(run_dir),
+                          "--set", "trial.episodes=2", *([] if env == "bandit" else ["--set", "trial.max_episode_steps=10"]), *SMALL], capsys)
+    assert code == 0, err
+    assert {"config.yaml", "metrics.csv", "checkpoints", "run.json"} <= {p.name for p in run_dir.iterdir()}
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    assert [r["iteration"] for r in rows] == ["0", "1"]
+    assert rows[1]["meta_test/return"] != ""
+    assert any(k.startswith("losses/") for k in rows[0])
+    code, out, err = run(["eval", str(run_dir), "--tasks", "6"], capsys)
+    assert code == 0, err
+    table = list(csv.DictReader(open(run_dir / "eval" / "adaptation.csv")))
+    assert list(table[0]) == ["learner", "x", "mean_return", "ci_low", "ci_high", "n_tasks"]
+    learners = {r["learner"] for r in table}
+    assert {"rl2", "random", "oracle"} <= learners
+    assert {r["x"] for r in table if r["learner"] == "rl2"} == {"1", "2"}
+    assert all(r["n_tasks"] == "6" for r in table)
+    assert (run_dir / "eval" / "adaptation.png").stat().st_size > 1000
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, capsys):
+    full, part = tmp_path / "full", tmp_path / "part"
+    assert run(["train", "rl2", "bandit", "--iterations", "4", "--logdir", str(full), *SMALL], capsys)[0] == 0
+    assert run(["train", "rl2", "bandit", "--iterations", "2", "--logdir", str(part), *SMALL], capsys)[0] == 0
+    code, _, err = run(["train", "--resume", "--logdir", str(part), "--iterations", "4", "--no-progress"], capsys)
+    assert code == 0, err
+    a = load_checkpoint(full / "checkpoints/last.pt")["learner"]["model"]
+    b = load_checkpoint(part / "checkpoints/last.pt")["learner"]["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    rows = list(csv.DictReader(open(part / "metrics.csv")))
+    assert [r["iteration"] for r in rows] == ["0", "1", "2", "3"]
+
+
+def test_yaml_config_and_overrides(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("algorithm: rl2\nenvironment: bandit\nenv: {arms: 3}\ntrial: {episodes: 4}\n"
+                   "algo: {hidden_size: 8, trials_per_iteration: 4}\ntrain: {eval_tasks: 2}\n")
+    run_dir = tmp_path / "r"
+    code, _, err = run(["train", "--config", str(cfg), "--set", "env.arms=4", "--iterations", "1",
+                        "--logdir", str(run_dir), "--no-progress"], capsys)
+    assert code == 0, err
+    import yaml
+
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert saved["env"]["arms"] == 4 and saved["trial"]["episodes"] == 4
+    assert saved["algo"]["hidden_size"] == 8 and saved["train"]["iterations"] == 1
+
+
+def _one_line_error(code, err, expected):
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert expected in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "rl2", "bandti"], "did you mean 'bandit'"),
+        (["train", "rl3", "bandit"], "unknown algorithm 'rl3'"),
+        (["train", "rl2", "bandit", "--set", "env.armz=3"], "did you mean 'arms'"),
+        (["train", "rl2", "bandit", "--set", "env.arms=many"], "env.arms must be int"),
+        (["train", "rl2", "bandit", "--set", "env.arms=1"], "arms"),
+        (["train", "rl2", "bandit", "--set", "algo.optimizer=adam"], "algo.optimizer"),
+        (["train", "rl2", "bandit", "--set", "trian.iterations=3"], "unknown section 'trian'"),
+        (["train", "rl2", "bandit", "--set", "noequals"], "expected section.key=value"),
+        (["train", "rl2", "bandit", "--iterations", "0"], "train.iterations"),
+        (["train", "rl2", "bandit", "--bogus"], "unrecognized arguments"),
+        (["train", "rl2", "nowhere/file.py:Env"], "no such file"),
+        (["eval", "/nonexistent/run"], "not a metarl run directory"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
+def test_bad_usage_is_one_line_exit_2(args, expected, capsys, tmp_path):
+    args = [*args, "--logdir", str(tmp_path / "r")] if args[0] == "train" else args
+    code, _, err = run(args, capsys)
+    _one_line_error(code, err, expected)
+    assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_malformed_yaml(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("algo: {hidden_size: 8\ntrain: [\n")
+    code, _, err = run(["train", "rl2", "bandit", "--config", str(bad)], capsys)
+    _one_line_error(code, err, "malformed YAML")
+    bad.write_text("algo:\n  hiden_size: 8\n")
+    code, _, err = run(["train", "rl2", "bandit", "--config", str(bad)], capsys)
+    _one_line_error(code, err, "did you mean 'hidden_size'")
+
+
+BROKEN_ENV = '''
+import gymnasium as gym
+import numpy as np
+
+
+class NoTasks(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+
+class BadStep(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def sample_tasks(self, n, rng):
+        return [float(x) for x in rng.random(n)]
+
+    def set_task(self, task):
+        self.task = task
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 0.0, False  # wrong arity
+'''
+
+
+def test_broken_user_env(tmp_path, capsys):
+    path = tmp_path / "broken.py"
+    path.write_text(BROKEN_ENV)
+    code, _, err = run(["train", "rl2", f"{path}:NoTasks", "--logdir", str(tmp_path / "a")], capsys)
+    _one_line_error(code, err, "without sample_tasks")
+    code, _, err = run(["train", "rl2", f"{path}:BadStep", "--logdir", str(tmp_path / "b")], capsys)
+    _one_line_error(code, err, "BadStep")
+    code, out, err = run(["check-env", f"{path}:BadStep"], capsys)
+    assert code == 1 and "FAIL" in out
+
+
+def test_missing_and_corrupt_checkpoint(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    assert run(["train", "rl2", "bandit", "--iterations", "1", "--logdir", str(run_dir), *SMALL], capsys)[0] == 0
+    ckpt = run_dir / "checkpoints" / "last.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: len(data) // 2])
+    code, _, err = run(["eval", str(run_dir)], capsys)
+    _one_line_error(code, err, "corrupt")
+    code, _, err = run(["train", "--resume", "--logdir", str(run_dir)], capsys)
+    _one_line_error(code, err, "corrupt")
+    ckpt.write_bytes(b"not a checkpoint at all")
+    code, _, err = run(["eval", str(run_dir)], capsys)
+    _one_line_error(code, err, "not a metarl checkpoint")
+    ckpt.unlink()
+    code, _, err = run(["eval", str(run_dir)], capsys)
+    _one_line_error(code, err, "no checkpoint")
+
+
+def test_user_gym_env_trains_with_rl2(tmp_path, capsys):
+    path = tmp_path / "user_env.py"
+    path.write_text('''
+import gymnasium as gym
+import numpy as np
+
+
+class GoLeftOrRight(gym.Env):
+    """Reward 1 for the task's side; episode of 3 steps."""
+
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, length: int = 3):
+        self.length = length
+        self.task = 0
+
+    def sample_tasks(self, n, rng):
+        return [int(x) for x in rng.integers(0, 2, n)]
+
+    def set_task(self, task):
+        self.task = task
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self.t += 1
+        return np.zeros(1, np.float32), float(action == self.task), False, self.t >= self.length, {}
+''')
+    run_dir = tmp_path / "r"
+    code, _, err = run(["train", "rl2", f"{path}:GoLeftOrRight", "--iterations", "2", "--set", "env.length=2",
+                        "--logdir", str(run_dir), *SMALL], capsys)
+    assert code == 0, err
+    code, _, err = run(["eval", str(run_dir), "--tasks", "4"], capsys)
+    assert code == 0, err
+    code, out, _ = run(["check-env", f"{path}:GoLeftOrRight"], capsys)
+    assert code == 0 and "OK" in out
+
+
+def test_console_script_exit_code(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "metarl.cli", "train", "rl2", "nope"],
+                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "unknown env" in proc.stderr

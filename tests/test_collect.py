@@ -1,0 +1,170 @@
+"""Episode and trial boundaries, the gymnasium adapter, and acting/training consistency."""
+
+import numpy as np
+import pytest
+import torch
+
+from metarl.batch import TrajectoryBatch
+from metarl.collect import Collector
+from metarl.policy import PolicyStep
+from metarl.problem import RLProblem
+from metarl.testing import CountingDistribution
+
+
+class RecordingPolicy:
+    """Always action 1; records every StepInput and counts state resets."""
+
+    def __init__(self):
+        self.inputs = []
+        self.resets = 0
+
+    def initial_state(self, num_rows, device):
+        self.resets += 1
+        return torch.zeros(num_rows)
+
+    def step(self, inp, state, generator):
+        self.inputs.append(inp)
+        b = inp.obs.shape[0]
+        # State counts steps since the trial start: it must never be reset mid-trial.
+        return PolicyStep(torch.ones(b, dtype=torch.long), torch.zeros(b), state.clone(), state + 1)
+
+
+def collect(dist, rows=4, episodes=3, max_steps=None, policy=None):
+    env = dist.make_batched_env(rows)
+    tasks = dist.sample_tasks(rows, np.random.default_rng(0))
+    policy = policy or RecordingPolicy()
+    batch = Collector(env, max_steps).collect(policy, tasks, episodes, torch.Generator().manual_seed(0))
+    return batch, policy
+
+
+def test_episode_and_trial_boundaries_with_counting_env():
+    batch, policy = collect(CountingDistribution(episode_length=4, terminate=True))
+    assert batch.num_steps == 12 and batch.num_trials == 4
+    t = torch.arange(12)
+    assert batch.obs[:, 0, 0].tolist() == (t % 4).float().tolist()
+    assert batch.episode_start[:, 0].tolist() == (t % 4 == 0).tolist()
+    assert batch.trial_start[:, 0].tolist() == (t == 0).tolist()
+    assert batch.terminated[:, 0].tolist() == (t % 4 == 3).tolist()
+    assert not batch.truncated.any()
+    assert batch.valid.all()
+    assert batch.trial_end[:, 0].tolist() == (t == 11).tolist()
+    assert batch.episode_index[:, 0].tolist() == (t // 4).tolist()
+    # Memory: created once per trial, carried across episodes (value = steps since trial start).
+    assert policy.resets == 1
+    assert batch.value[:, 0].tolist() == t.float().tolist()
+    # The final observation of each episode is recorded where it ended.
+    assert batch.final_obs[3, 0, 0] == 4 and batch.final_obs[2, 0, 0] == 0
+
+
+def test_prev_inputs_online_equal_batch_previous():
+    batch, policy = collect(CountingDistribution(episode_length=3, terminate=True), episodes=2)
+    prev_action, prev_reward, prev_done = batch.previous()
+    for t, inp in enumerate(policy.inputs):
+        assert torch.equal(inp.prev_done, prev_done[t])
+        assert torch.equal(inp.prev_reward, prev_reward[t])
+        assert torch.equal(inp.prev_action, prev_action[t])
+        assert torch.equal(inp.trial_start, batch.trial_start[t])
+    # done flag is raised exactly on the first step of episodes 2.. of the trial.
+    assert prev_done[:, 0].tolist() == [0, 0, 0, 1, 0, 0]
+    assert prev_reward[0].eq(0).all() and prev_reward[1].gt(0).all()
+
+
+def test_ragged_trials_are_padded_and_masked():
+    batch, _ = collect(CountingDistribution(episode_length=4, terminate=True, ragged=True), rows=4)
+    offsets = batch.obs[0, :, 1]
+    for b in range(4):
+        length = 3 * (4 - int(offsets[b]) % 2)
+        assert int(batch.valid[:, b].sum()) == length
+        assert not batch.valid[length:, b].any()
+        assert batch.reward[length:, b].eq(0).all()
+        assert int(batch.terminated[:, b].sum()) == 3
+    returns = batch.episode_returns(3)
+    assert torch.allclose(returns.sum(0), batch.trial_returns())
+
+
+def test_truncation_is_kept_apart_from_termination():
+    batch, _ = collect(CountingDistribution(episode_length=4, terminate=False))
+    assert not batch.terminated.any()
+    assert batch.truncated[:, 0].tolist() == [(t % 4 == 3) for t in range(12)]
+
+
+def test_collector_time_limit_truncates():
+    batch, _ = collect(CountingDistribution(episode_length=10, terminate=True), max_steps=2, episodes=2)
+    assert batch.num_steps == 4
+    assert batch.truncated[:, 0].tolist() == [False, True, False, True]
+    assert not batch.terminated.any()
+
+
+def test_batch_shape_checks():
+    batch, _ = collect(CountingDistribution())
+    fields = {f: getattr(batch, f) for f in batch.__dataclass_fields__}
+    with pytest.raises(ValueError, match="reward"):
+        TrajectoryBatch(**{**fields, "reward": fields["reward"][:-1]})
+    with pytest.raises(TypeError, match="valid"):
+        TrajectoryBatch(**{**fields, "valid": fields["valid"].float()})
+    assert batch.select(torch.tensor([0, 2])).num_trials == 2
+
+
+def test_gym_vector_adapter_matches_batched_env():
+    from envs.bandit import BanditDistribution, BanditGymEnv, BanditTasks
+
+    means = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    tasks = BanditTasks(means=means)
+    dist = BanditDistribution(arms=3)
+    gym_problem = RLProblem(BanditGymEnv(arms=3), 4, env_factory=lambda: BanditGymEnv(arms=3))
+    tensor_problem = RLProblem(dist, 4)
+    from metarl.baselines import RandomPolicy
+
+    policy = RandomPolicy(dist.action_space)
+    a = gym_problem.collect(policy, tasks.unbind(), torch.Generator().manual_seed(3))
+    b = tensor_problem.collect(policy, tasks, torch.Generator().manual_seed(3))
+    assert torch.equal(a.action, b.action)
+    assert torch.equal(a.reward, b.reward)  # deterministic 0/1 means
+    assert torch.equal(a.terminated, b.terminated) and torch.equal(a.episode_start, b.episode_start)
+
+
+def test_gym_adapter_with_time_limited_user_env():
+    from envs.nav2d import Nav2DGymEnv
+
+    problem = RLProblem(Nav2DGymEnv(horizon=5), 2, env_factory=lambda: Nav2DGymEnv(horizon=5))
+    tasks = problem.sample_train_tasks(3, seed=0, iteration=0)
+    from metarl.baselines import RandomPolicy
+
+    batch = problem.collect(RandomPolicy(problem.action_space), tasks, torch.Generator().manual_seed(0))
+    assert batch.num_steps == 10
+    assert batch.truncated[:, 0].tolist() == [t % 5 == 4 for t in range(10)]
+    assert batch.episode_start[5].all() and batch.obs[5].eq(0).all()  # reset by the collector
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+@pytest.mark.parametrize("env_name", ["bandit", "nav2d"])
+def test_rl2_training_forward_reproduces_acting_log_probs(cell, env_name):
+    from agents.rl2 import RL2, RL2Config
+    from metarl.registry import resolve_env
+
+    dist = resolve_env(env_name)()
+    problem = RLProblem(dist, episodes=3, max_episode_steps=7)
+    learner = RL2(problem, RL2Config(hidden_size=16, cell=cell, trials_per_iteration=5))
+    tasks = problem.sample_train_tasks(5, seed=0, iteration=0)
+    batch = problem.collect(learner.policy, tasks, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        params, value = learner.net.evaluate(batch)
+        logp = learner.net.head.log_prob(params, batch.action)
+    mask = batch.valid
+    assert torch.allclose(logp[mask], batch.log_prob[mask], atol=1e-5)
+    assert torch.allclose(value[mask], batch.value[mask], atol=1e-5)
+
+
+def test_same_seed_same_batch():
+    from agents.rl2 import RL2, RL2Config
+    from envs.tabular_mdp import TabularMDPDistribution
+
+    problem = RLProblem(TabularMDPDistribution(), episodes=2)
+    batches = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        learner = RL2(problem, RL2Config(hidden_size=8, trials_per_iteration=4))
+        tasks = problem.sample_train_tasks(4, seed=1, iteration=2)
+        batches.append(problem.collect(learner.policy, tasks, torch.Generator().manual_seed(5)))
+    for f in batches[0].__dataclass_fields__:
+        assert torch.equal(getattr(batches[0], f), getattr(batches[1], f)), f

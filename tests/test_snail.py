@@ -1,0 +1,282 @@
+"""Tests of the SNAIL blocks: causality, step() == forward(), shapes, gradients, caches."""
+
+from __future__ import annotations
+
+import doctest
+import math
+
+import pytest
+import torch
+
+import agents.snail as snail
+from agents.snail import (
+    PAPER_OMNIGLOT_BLOCKS,
+    AttentionBlock,
+    AttentionSpec,
+    DenseBlock,
+    SNAILConfig,
+    SNAILSequenceModel,
+    SNAILStack,
+    TCBlock,
+    TCSpec,
+    num_dense_blocks,
+)
+
+SMALL = SNAILConfig(embed_size=8, filters=4, key_size=5, value_size=3)
+
+
+def _rand(*shape: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _step_all(module, x: torch.Tensor, cache) -> torch.Tensor:
+    """Runs ``module.step`` over the time axis of ``x [T, B, C]``."""
+    outs = []
+    for t in range(x.shape[0]):
+        y, cache = module.step(x[t], cache)
+        outs.append(y)
+    return torch.stack(outs)
+
+
+def _perturbed_outputs(module, x: torch.Tensor, t: int) -> tuple[torch.Tensor, torch.Tensor]:
+    x2 = x.clone()
+    x2[t] += 1.0
+    with torch.no_grad():
+        return module(x), module(x2)
+
+
+def _assert_causal(module, x: torch.Tensor, t: int) -> None:
+    """Outputs before t bit-identical; every output at >= t differs."""
+    y, y2 = _perturbed_outputs(module, x, t)
+    assert torch.equal(y[:t], y2[:t])
+    changed = (y[t:] - y2[t:]).abs().flatten(1).amax(dim=1)
+    assert bool((changed > 0).all()), changed
+
+
+# ---------------------------------------------------------------------- causality
+@pytest.mark.parametrize("dilation", [1, 2, 3, 4])
+def test_dense_block_depends_on_t_and_t_minus_dilation_only(dilation):
+    torch.manual_seed(0)
+    block = DenseBlock(3, dilation, 4)
+    x = _rand(11, 2, 3)
+    t = 4
+    y, y2 = _perturbed_outputs(block, x, t)
+    for s in range(x.shape[0]):
+        if s in (t, t + dilation):
+            assert not torch.equal(y[s], y2[s]), s
+        else:
+            assert torch.equal(y[s], y2[s]), s
+
+
+@pytest.mark.parametrize("t", [0, 3, 8])
+def test_tc_block_causal_and_covers_the_sequence(t):
+    torch.manual_seed(1)
+    block = TCBlock(3, 9, 4)
+    # "every output at >= t changes" checks the receptive field reaches back T-1 steps.
+    _assert_causal(block, _rand(9, 2, 3), t)
+
+
+@pytest.mark.parametrize("t", [0, 2, 6])
+def test_attention_block_causal(t):
+    torch.manual_seed(2)
+    _assert_causal(AttentionBlock(3, 5, 4), _rand(7, 2, 3), t)
+
+
+@pytest.mark.parametrize("t", [0, 5, 12])
+def test_model_causal(t):
+    torch.manual_seed(3)
+    model = SNAILSequenceModel(6, 13, SMALL)
+    _assert_causal(model, _rand(13, 3, 6), t)
+
+
+# ------------------------------------------------------------ step() == forward()
+@pytest.mark.parametrize("T", [1, 2, 5, 8, 13])
+def test_model_step_equals_forward(T):
+    torch.manual_seed(4)
+    model = SNAILSequenceModel(6, T, SMALL)
+    x = _rand(T, 3, 6, seed=T)
+    with torch.no_grad():
+        full = model(x)
+    stepped = _step_all(model, x, model.initial_state(3, torch.device("cpu")))
+    assert stepped.shape == full.shape == (T, 3, model.output_size)
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=0)
+
+
+def test_model_step_equals_forward_with_paper_defaults_and_prefixes():
+    """Default config; also step() over a prefix equals forward() of that prefix."""
+    torch.manual_seed(5)
+    model = SNAILSequenceModel(4, 20)
+    x = _rand(20, 2, 4)
+    stepped = _step_all(model, x, model.initial_state(2, "cpu"))
+    with torch.no_grad():
+        for t in (1, 7, 20):
+            torch.testing.assert_close(stepped[:t], model(x[:t]), atol=1e-5, rtol=0)
+
+
+def test_step_beyond_sequence_length_grows_attention_cache():
+    torch.manual_seed(6)
+    model = SNAILSequenceModel(3, 4, SMALL)
+    x = _rand(11, 2, 3)
+    with torch.no_grad():
+        full = model(x)
+    torch.testing.assert_close(_step_all(model, x, model.initial_state(2, "cpu")), full,
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "block",
+    [DenseBlock(3, 1, 2), DenseBlock(3, 4, 2), TCBlock(3, 6, 2), AttentionBlock(3, 4, 2)],
+    ids=["dense1", "dense4", "tc", "attention"],
+)
+def test_block_step_equals_forward(block):
+    x = _rand(6, 3, 3)
+    with torch.no_grad():
+        full = block(x)
+    torch.testing.assert_close(_step_all(block, x, block.initial_cache(3)), full,
+                               atol=1e-5, rtol=0)
+
+
+def test_omniglot_stack_step_equals_forward():
+    """The few-shot stack (attention first) through the same machinery, shrunk."""
+    torch.manual_seed(7)
+    blocks = tuple(
+        AttentionSpec(s.key_size // 16, s.value_size // 16) if isinstance(s, AttentionSpec)
+        else TCSpec(s.filters // 16) for s in PAPER_OMNIGLOT_BLOCKS
+    )
+    n, k = 3, 2
+    stack = SNAILStack(5 + n, n * k + 1, blocks)
+    x = _rand(n * k + 1, 2, 5 + n)
+    with torch.no_grad():
+        full = stack(x)
+    levels = num_dense_blocks(n * k + 1)
+    assert stack.out_channels == 5 + n + 2 + levels * 8 + 8 + levels * 8 + 16 == full.shape[-1]
+    torch.testing.assert_close(_step_all(stack, x, stack.initial_cache(2)), full,
+                               atol=1e-5, rtol=0)
+
+
+def test_reset_rows_restarts_a_trial():
+    torch.manual_seed(8)
+    model = SNAILSequenceModel(3, 8, SMALL)
+    x = _rand(8, 2, 3)
+    state = model.initial_state(2, "cpu")
+    for t in range(5):  # row 0 and row 1 run 5 steps
+        _, state = model.step(x[t], state)
+    state = model.reset_rows(state, torch.tensor([False, True]))
+    y1 = []
+    for t in range(3):  # row 1 restarts on x[:3, 1] while row 0 continues on x[5:8, 0]
+        y, state = model.step(torch.stack([x[5 + t, 0], x[t, 1]]), state)
+        y1.append(y)
+    y1 = torch.stack(y1)
+    with torch.no_grad():
+        full = model(x)
+    torch.testing.assert_close(y1[:, 0], full[5:8, 0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(y1[:, 1], full[:3, 1], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- shapes, counts
+@pytest.mark.parametrize("T", [*range(1, 18), 64, 65, 100, 500])
+def test_number_of_dense_blocks_is_ceil_log2_T(T):
+    block = TCBlock(2, T, 3)
+    expected = math.ceil(math.log2(T))
+    assert num_dense_blocks(T) == len(block.blocks) == expected
+    assert block.dilations == [2**i for i in range(expected)]
+    # receptive field 1 + sum(dilations) = 2**n covers the sequence
+    assert 1 + sum(block.dilations) >= T
+
+
+def test_channel_counts():
+    x = _rand(5, 2, 3)
+    assert DenseBlock(3, 2, 4)(x).shape == (5, 2, 7)
+    tc = TCBlock(3, 10, 4)
+    assert tc.out_channels == 3 + 4 * 4 == tc(x).shape[-1]
+    assert AttentionBlock(3, 6, 2)(x).shape == (5, 2, 5)
+    model = SNAILSequenceModel(3, 100)  # paper defaults: 32 + 2 * 7 * 32 + 32
+    assert model.output_size == 32 + 2 * 7 * 32 + 32 == 512
+    assert model(_rand(100, 2, 3)).shape == (100, 2, 512)
+    value = SNAILSequenceModel(3, 100, SNAILConfig.paper_value_function())
+    assert value.output_size == 32 + 2 * 7 * 16 + 16
+    raw = SNAILSequenceModel(3, 4, SNAILConfig(embed_size=None, filters=2, num_tc_blocks=1,
+                                               key_size=2, value_size=5))
+    assert raw.output_size == 3 + 2 * 2 + 5 == raw(_rand(4, 1, 3)).shape[-1]
+
+
+def test_paper_default_stack():
+    model = SNAILSequenceModel(5, 50)
+    kinds = [type(m) for m in model.stack.layers]
+    assert kinds == [TCBlock, TCBlock, AttentionBlock]
+    assert model.embed[0].out_features == 32
+    assert all(len(m.blocks) == 6 and m.filters == 32 for m in model.stack.layers[:2])
+    att = model.stack.layers[2]
+    assert (att.key_size, att.value_size) == (32, 32)
+
+
+def test_bad_inputs_raise():
+    model = SNAILSequenceModel(3, 4, SMALL)
+    with pytest.raises(ValueError):
+        model(torch.zeros(4, 2, 5))
+    with pytest.raises(ValueError):
+        model.step(torch.zeros(2, 5), model.initial_state(2, "cpu"))
+    with pytest.raises(ValueError):
+        SNAILConfig(filters=0)
+    with pytest.raises(ValueError):
+        TCBlock(3, 0, 2)
+
+
+# ------------------------------------------------------------------- gradients
+def test_forward_is_differentiable_gradcheck():
+    torch.manual_seed(9)
+    cfg = SNAILConfig(embed_size=3, embed_activation="tanh", filters=2, key_size=2,
+                      value_size=2)
+    model = SNAILSequenceModel(2, 5, cfg).double()
+    x = torch.randn(5, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda inp: model(inp), (x,))
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+# ------------------------------------------------------------- cache behaviour
+def test_conv_cache_size_is_independent_of_t():
+    """The conv part's cache is a fixed ring buffer updated in place: O(1) per step."""
+    torch.manual_seed(10)
+    T, B = 40, 2
+    model = SNAILSequenceModel(3, T, SMALL)
+    state = model.initial_state(B, "cpu")
+    tc_caches = [c for layer, c in zip(model.stack.layers, state, strict=True)
+                 if isinstance(layer, TCBlock)]
+    dense = [dc for tc in tc_caches for dc in tc]
+    sizes0 = [ring.numel() for ring, _ in dense]
+    ptrs0 = [ring.data_ptr() for ring, _ in dense]
+    att_ptr = state[-1][0].data_ptr()
+    x = _rand(T, B, 3)
+    for t in range(T):
+        _, state = model.step(x[t], state)
+        dense_now = [dc for layer, c in zip(model.stack.layers, state, strict=True)
+                     if isinstance(layer, TCBlock) for dc in c]
+        assert [ring.numel() for ring, _ in dense_now] == sizes0
+        assert [ring.data_ptr() for ring, _ in dense_now] == ptrs0
+    blocks = [b for layer in model.stack.layers if isinstance(layer, TCBlock)
+              for b in layer.blocks]
+    assert sizes0 == [B * b.dilation * b.in_channels for b in blocks]
+    # attention buffers were preallocated to T: never reallocated within the trial
+    assert state[-1][0].data_ptr() == att_ptr and state[-1][0].shape[1] == T
+
+
+def test_state_leaves_are_batch_first_tensors():
+    model = SNAILSequenceModel(3, 9, SMALL)
+    leaves = list(snail._leaves(model.initial_state(4, "cpu")))
+    assert leaves and all(isinstance(v, torch.Tensor) and v.shape[0] == 4 for v in leaves)
+    assert all(not v.any() for v in leaves)
+
+
+def test_step_builds_no_graph():
+    model = SNAILSequenceModel(3, 4, SMALL)
+    y, _ = model.step(torch.randn(2, 3), model.initial_state(2, "cpu"))
+    assert not y.requires_grad
+
+
+def test_docstring_examples():
+    result = doctest.testmod(snail, verbose=False)
+    assert result.attempted > 0 and result.failed == 0
