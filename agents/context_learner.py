@@ -22,7 +22,15 @@ from torch import nn
 from metarl.batch import TrajectoryBatch
 from metarl.heads import ActionHead, ContextEncoder
 from metarl.learner import Curve, Learner, check_finite
-from metarl.pg import gae, masked_mean, minibatch_rows, ppo_policy_loss, surrogate_loss, trpo_step, vpg_loss
+from metarl.pg import (
+    gae,
+    masked_mean,
+    minibatch_rows,
+    ppo_policy_loss,
+    surrogate_loss,
+    trpo_step,
+    vpg_loss,
+)
 from metarl.policy import PolicyStep, StepInput
 from metarl.problem import RLProblem
 
@@ -64,7 +72,9 @@ class ContextConfig:
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"algo.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+            raise ValueError(
+                f"algo.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
+            )
         positive = ("trials_per_iteration", "epochs", "minibatches", "lr", "max_kl")
         for name in positive:
             if getattr(self, name) <= 0:
@@ -76,8 +86,13 @@ class ContextConfig:
 class ContextPolicyNet(nn.Module):
     """Encoder → sequence model → action head (and value head, or a separate value trunk)."""
 
-    def __init__(self, encoder: ContextEncoder, trunk: nn.Module, head: ActionHead,
-                 value_trunk: nn.Module | None):
+    def __init__(
+        self,
+        encoder: ContextEncoder,
+        trunk: nn.Module,
+        head: ActionHead,
+        value_trunk: nn.Module | None,
+    ):
         super().__init__()
         self.encoder = encoder
         self.trunk = trunk
@@ -85,6 +100,29 @@ class ContextPolicyNet(nn.Module):
         self.value_trunk = value_trunk
         value_in = (value_trunk or trunk).output_size
         self.value_head = nn.Linear(value_in, 1)
+        # Trial returns reach 100+ (bandits with n=100, MDPs). The value head predicts them
+        # standardised by running statistics, so that on a shared trunk the value loss does
+        # not swamp the policy gradient under the global gradient-norm clip.
+        self.register_buffer("return_mean", torch.zeros(()))
+        self.register_buffer("return_std", torch.ones(()))
+        self.register_buffer("return_stats_ready", torch.zeros((), dtype=torch.bool))
+
+    def value(self, features: torch.Tensor) -> torch.Tensor:
+        """De-standardised value estimate, ``[...]``."""
+        return self.value_head(features).squeeze(-1) * self.return_std + self.return_mean
+
+    @torch.no_grad()
+    def update_return_stats(self, returns: torch.Tensor, mask: torch.Tensor, decay: float = 0.9) -> None:
+        """Moves the running return mean/std towards this batch's (first batch: set)."""
+        mean = masked_mean(returns, mask)
+        std = masked_mean((returns - mean).pow(2), mask).sqrt().clamp_min(1e-3)
+        if not bool(self.return_stats_ready):
+            self.return_mean.copy_(mean)
+            self.return_std.copy_(std)
+            self.return_stats_ready.fill_(True)
+        else:
+            self.return_mean.mul_(decay).add_((1 - decay) * mean)
+            self.return_std.mul_(decay).add_((1 - decay) * std)
 
     def policy_parameters(self) -> list[nn.Parameter]:
         return [*self.trunk.parameters(), *self.head.parameters()]
@@ -104,7 +142,7 @@ class ContextPolicyNet(nn.Module):
         features = self.trunk(x)
         params = self.head(features)
         value_features = features if self.value_trunk is None else self.value_trunk(x)
-        return params, self.value_head(value_features).squeeze(-1)
+        return params, self.value(value_features)
 
 
 class ContextPolicy:
@@ -115,7 +153,11 @@ class ContextPolicy:
         self.greedy = greedy
 
     def initial_state(self, num_rows: int, device: torch.device) -> Any:
-        value_state = None if self.net.value_trunk is None else self.net.value_trunk.initial_state(num_rows, device)
+        value_state = (
+            None
+            if self.net.value_trunk is None
+            else self.net.value_trunk.initial_state(num_rows, device)
+        )
         return self.net.trunk.initial_state(num_rows, device), value_state
 
     def step(self, inp: StepInput, state: Any, generator: torch.Generator) -> PolicyStep:
@@ -129,7 +171,7 @@ class ContextPolicy:
             value_features, value_state = features, None
         else:
             value_features, value_state = net.value_trunk.step(x, state[1])
-        value = net.value_head(value_features).squeeze(-1)
+        value = net.value(value_features)
         return PolicyStep(action, log_prob, value, (trunk_state, value_state))
 
 
@@ -138,7 +180,9 @@ class ContextLearner(Learner):
 
     config_cls = ContextConfig
 
-    def __init__(self, problem: RLProblem, config: ContextConfig, device: torch.device | str = "cpu"):
+    def __init__(
+        self, problem: RLProblem, config: ContextConfig, device: torch.device | str = "cpu"
+    ):
         self.problem = problem
         self.config = config
         self.device = torch.device(device)
@@ -147,11 +191,18 @@ class ContextLearner(Learner):
         trunk = self.build_trunk(encoder.output_size, seq_len)
         # TRPO constrains the policy alone, so the value function gets its own trunk;
         # PPO and VPG share one trunk and add the value loss.
-        value_trunk = (self.build_trunk(encoder.output_size, seq_len, value=True)
-                       if config.optimizer == "trpo" else None)
+        value_trunk = (
+            self.build_trunk(encoder.output_size, seq_len, value=True)
+            if config.optimizer == "trpo"
+            else None
+        )
         head = ActionHead(trunk.output_size, problem.action_space)
         self.net = ContextPolicyNet(encoder, trunk, head, value_trunk).to(self.device)
-        params = self.net.value_parameters() if config.optimizer == "trpo" else list(self.net.parameters())
+        params = (
+            self.net.value_parameters()
+            if config.optimizer == "trpo"
+            else list(self.net.parameters())
+        )
         self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
         self.policy = ContextPolicy(self.net)
 
@@ -167,6 +218,7 @@ class ContextLearner(Learner):
         self.net.eval()
         batch = self.problem.collect(self.policy, tasks, generator)
         advantages, returns = self.advantages(batch)
+        self.net.update_return_stats(returns, batch.valid)
         self.net.train()
         if self.config.optimizer == "ppo":
             metrics = self._ppo(batch, advantages, returns, generator)
@@ -185,13 +237,19 @@ class ContextLearner(Learner):
         """GAE over whole trials: the trial's end is the meta-episode's terminal step."""
         end = batch.trial_end | ~batch.valid
         shifted = torch.cat([batch.value[1:], torch.zeros_like(batch.value[:1])])
-        adv, ret = gae(batch.reward, batch.value, shifted, end, end, self.config.gamma, self.config.gae_lambda)
+        adv, ret = gae(
+            batch.reward, batch.value, shifted, end, end, self.config.gamma, self.config.gae_lambda
+        )
         if self.config.normalize_advantages:
             valid = batch.valid
             mean = masked_mean(adv, valid)
             std = masked_mean((adv - mean).pow(2), valid).sqrt()
             adv = (adv - mean) / (std + 1e-8)
         return adv, ret
+
+    def _value_loss(self, value: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Squared error on the standardised scale (see ``ContextPolicyNet.value``)."""
+        return masked_mean(((value - returns) / self.net.return_std).pow(2), mask)
 
     def _losses(self, batch: TrajectoryBatch):
         params, value = self.net.evaluate(batch)
@@ -211,17 +269,26 @@ class ContextLearner(Learner):
 
     def _ppo(self, batch, advantages, returns, generator) -> dict[str, float]:
         cfg = self.config
-        stats: dict[str, list[float]] = {"loss_policy": [], "loss_value": [], "entropy": [],
-                                         "approx_kl": [], "clip_fraction": []}
+        stats: dict[str, list[float]] = {
+            "loss_policy": [],
+            "loss_value": [],
+            "entropy": [],
+            "approx_kl": [],
+            "clip_fraction": [],
+        }
         for _ in range(cfg.epochs):
             for rows in minibatch_rows(batch.num_trials, cfg.minibatches, generator):
                 rows = rows.to(self.device)
                 sub = batch.select(rows)
                 _, log_prob, entropy, value = self._losses(sub)
-                policy_loss, info = ppo_policy_loss(log_prob, sub.log_prob, advantages[:, rows], sub.valid, cfg.clip)
-                value_loss = masked_mean((value - returns[:, rows]).pow(2), sub.valid)
+                policy_loss, info = ppo_policy_loss(
+                    log_prob, sub.log_prob, advantages[:, rows], sub.valid, cfg.clip
+                )
+                value_loss = self._value_loss(value, returns[:, rows], sub.valid)
                 ent = masked_mean(entropy, sub.valid)
-                self._adam_step(policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * ent, "loss")
+                self._adam_step(
+                    policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * ent, "loss"
+                )
                 stats["loss_policy"].append(float(policy_loss.detach()))
                 stats["loss_value"].append(float(value_loss.detach()))
                 stats["entropy"].append(float(ent.detach()))
@@ -233,11 +300,14 @@ class ContextLearner(Learner):
         cfg = self.config
         _, log_prob, entropy, value = self._losses(batch)
         policy_loss = vpg_loss(log_prob, advantages, batch.valid)
-        value_loss = masked_mean((value - returns).pow(2), batch.valid)
+        value_loss = self._value_loss(value, returns, batch.valid)
         ent = masked_mean(entropy, batch.valid)
         self._adam_step(policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * ent, "loss")
-        return {"loss_policy": float(policy_loss.detach()), "loss_value": float(value_loss.detach()),
-                "entropy": float(ent.detach())}
+        return {
+            "loss_policy": float(policy_loss.detach()),
+            "loss_value": float(value_loss.detach()),
+            "entropy": float(ent.detach()),
+        }
 
     def _trpo(self, batch, advantages, returns, generator) -> dict[str, float]:
         cfg, net = self.config, self.net
@@ -250,8 +320,12 @@ class ContextLearner(Learner):
             return net.head(net.trunk(x))
 
         def loss_fn() -> torch.Tensor:
-            return surrogate_loss(net.head.log_prob(policy_params(), batch.action), batch.log_prob,
-                                  advantages, batch.valid)
+            return surrogate_loss(
+                net.head.log_prob(policy_params(), batch.action),
+                batch.log_prob,
+                advantages,
+                batch.valid,
+            )
 
         def kl_fn() -> torch.Tensor:
             return masked_mean(net.head.kl(old_params, policy_params(), old_log_std), batch.valid)
@@ -262,8 +336,8 @@ class ContextLearner(Learner):
             for rows in minibatch_rows(batch.num_trials, cfg.minibatches, generator):
                 rows = rows.to(self.device)
                 sub = batch.select(rows)
-                value = net.value_head(net.value_trunk(net.encode_batch(sub))).squeeze(-1)
-                value_loss = masked_mean((value - returns[:, rows]).pow(2), sub.valid)
+                value = net.value(net.value_trunk(net.encode_batch(sub)))
+                value_loss = self._value_loss(value, returns[:, rows], sub.valid)
                 self._adam_step(value_loss, "loss_value")
                 value_losses.append(float(value_loss.detach()))
         with torch.no_grad():

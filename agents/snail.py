@@ -114,27 +114,37 @@ class DenseBlock(nn.Module):
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> Cache:
-        """Empty cache: ``(ring [B, dilation, C], position [B] long)``, all zeros.
+        """Empty cache: ``(ring [B, dilation, 2F], position [B] long)``, all zeros.
 
-        The ring slot ``t % dilation`` holds ``x[t - dilation]`` when step ``t`` reads
-        it; unwritten slots are zero, which is exactly the causal zero padding.
+        The ring holds the *past tap's output* ``W_past x[s]`` (2F wide) rather than the
+        input ``x[s]`` (C wide, up to hundreds of channels deep in a TC block): the product
+        is computed when ``x[s]`` arrives and read ``dilation`` steps later. Slot
+        ``t % dilation`` holds ``W_past x[t - dilation]`` when step ``t`` reads it;
+        unwritten slots are zero, which is exactly the causal zero padding.
         """
         dtype = dtype or self.tap_now.weight.dtype
-        ring = torch.zeros(batch_size, self.dilation, self.in_channels, device=device, dtype=dtype)
+        ring = torch.zeros(batch_size, self.dilation, 2 * self.filters, device=device, dtype=dtype)
         position = torch.zeros(batch_size, dtype=torch.long, device=device)
         return ring, position
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:
         """One step, ``[B, C] -> [B, C + F]``; updates ``cache`` in place and returns it."""
+        return torch.cat([x, self.step_new(x, cache)], dim=-1), cache
+
+    @torch.no_grad()
+    def step_new(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
+        """Only the ``F`` new channels of one step (what :meth:`step` appends to ``x``)."""
         ring, position = cache
         rows = _batch_rows(x.shape[0], x.device)
         slot = position % self.dilation
         past = ring[rows, slot]  # advanced indexing copies: safe to overwrite the slot next
-        ring[rows, slot] = x
+        # Both taps in one matrix product: [now | past] outputs of this input.
+        weight = torch.cat([self.tap_now.weight, self.tap_past.weight])
+        z_now, p_now = (x @ weight.T).split(2 * self.filters, dim=-1)
+        ring[rows, slot] = p_now
         position += 1
-        z = self.tap_now(x) + self.tap_past(past)
-        return torch.cat([x, self._gate(z)], dim=-1), cache
+        return self._gate(z_now + self.tap_now.bias + past)
 
 
 class TCBlock(nn.Module):
@@ -258,15 +268,26 @@ class AttentionBlock(nn.Module):
         Writes this step's key and value in place. Returns the same cache unless the
         buffers had to grow, in which case the returned cache holds new, larger buffers.
         """
+        read, cache = self.step_new(x, cache)
+        return torch.cat([x, read], dim=-1), cache
+
+    @torch.no_grad()
+    def step_new(self, x: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:
+        """Only the attention read ``[B, value_size]`` of one step, and the cache."""
         keys, values, position = cache
         length = int(position.max()) + 1  # keys to read this step (rows may differ)
         if length > keys.shape[1]:
             grown = max(length, 2 * keys.shape[1])
-            keys = torch.cat([keys, keys.new_zeros(keys.shape[0], grown - keys.shape[1],
-                                                   keys.shape[2])], dim=1)
-            values = torch.cat([values, values.new_zeros(values.shape[0],
-                                                         grown - values.shape[1],
-                                                         values.shape[2])], dim=1)
+            keys = torch.cat(
+                [keys, keys.new_zeros(keys.shape[0], grown - keys.shape[1], keys.shape[2])], dim=1
+            )
+            values = torch.cat(
+                [
+                    values,
+                    values.new_zeros(values.shape[0], grown - values.shape[1], values.shape[2]),
+                ],
+                dim=1,
+            )
         rows = _batch_rows(x.shape[0], x.device)
         keys[rows, position] = self.key(x)
         values[rows, position] = self.value(x)
@@ -278,7 +299,7 @@ class AttentionBlock(nn.Module):
         probs = torch.softmax(scores.masked_fill(ahead, float("-inf")), dim=-1)
         read = torch.bmm(probs.unsqueeze(1), seen_v).squeeze(1)  # [B, V]
         position += 1
-        return torch.cat([x, read], dim=-1), (keys, values, position)
+        return read, (keys, values, position)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -363,12 +384,27 @@ class SNAILStack(nn.Module):
 
     @torch.no_grad()
     def step(self, x: torch.Tensor, cache: Cache) -> tuple[torch.Tensor, Cache]:
-        """One step, ``[B, in_channels] -> [B, out_channels]``."""
+        """One step, ``[B, in_channels] -> [B, out_channels]``.
+
+        Every block appends channels to its input, so the step's features are written
+        into one preallocated ``[B, out_channels]`` buffer and each block reads the prefix
+        of it: no block re-copies the growing concatenation.
+        """
+        buf = x.new_empty(x.shape[0], self.out_channels)
+        c = self.in_channels
+        buf[:, :c] = x
         new = []
         for layer, layer_cache in zip(self.layers, cache, strict=True):
-            x, layer_cache = layer.step(x, layer_cache)
+            if isinstance(layer, TCBlock):
+                for block, block_cache in zip(layer.blocks, layer_cache, strict=True):
+                    buf[:, c : c + block.filters] = block.step_new(buf[:, :c], block_cache)
+                    c += block.filters
+            else:
+                read, layer_cache = layer.step_new(buf[:, :c], layer_cache)
+                buf[:, c : c + read.shape[-1]] = read
+                c += read.shape[-1]
             new.append(layer_cache)
-        return x, tuple(new)
+        return buf, tuple(new)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -413,8 +449,10 @@ class SNAILConfig:
         """The stack after the input layer."""
         if self.blocks is not None:
             return tuple(self.blocks)
-        return (*([TCSpec(self.filters)] * self.num_tc_blocks),
-                AttentionSpec(self.key_size, self.value_size))
+        return (
+            *([TCSpec(self.filters)] * self.num_tc_blocks),
+            AttentionSpec(self.key_size, self.value_size),
+        )
 
     @classmethod
     def paper_value_function(cls) -> SNAILConfig:
@@ -567,8 +605,21 @@ class SNAIL(ContextLearner):
     def build_trunk(self, input_size: int, sequence_length: int, value: bool = False) -> nn.Module:
         c = self.config
         width = c.critic_width
-        net = (SNAILConfig(embed_size=c.embed_size, filters=width, num_tc_blocks=c.num_tc_blocks,
-                           key_size=width, value_size=width) if value else
-               SNAILConfig(embed_size=c.embed_size, filters=c.filters, num_tc_blocks=c.num_tc_blocks,
-                           key_size=c.key_size, value_size=c.value_size))
+        net = (
+            SNAILConfig(
+                embed_size=c.embed_size,
+                filters=width,
+                num_tc_blocks=c.num_tc_blocks,
+                key_size=width,
+                value_size=width,
+            )
+            if value
+            else SNAILConfig(
+                embed_size=c.embed_size,
+                filters=c.filters,
+                num_tc_blocks=c.num_tc_blocks,
+                key_size=c.key_size,
+                value_size=c.value_size,
+            )
+        )
         return SNAILSequenceModel(input_size, sequence_length, net)

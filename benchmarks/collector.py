@@ -6,9 +6,11 @@
     actions drawn in torch. Target: >= 50x.
 (b) With the RL² GRU policy (256 units): the share of collection time spent outside the
     policy's own forward pass (env stepping + collector bookkeeping). Target: <= 15%.
+(c) SNAIL vs RL² collector throughput on bandit n=500 at the same width (SNAIL acts
+    incrementally from its caches). Target: SNAIL within 3x of RL².
 
 Usage:
-    python benchmarks/collector.py [--width 4096] [--sections a,b] [--threads 2]
+    python benchmarks/collector.py [--width 4096] [--sections a,b,c] [--threads 2]
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from metarl.collect import Collector
 from metarl.policy import StepInput
 
 
-def collector_steps_per_s(dist, width: int, episodes: int, policy, repeats: int = 3,
-                          max_episode_steps: int | None = None) -> float:
+def collector_steps_per_s(
+    dist, width: int, episodes: int, policy, repeats: int = 3, max_episode_steps: int | None = None
+) -> float:
     env = dist.make_batched_env(width, "cpu")
     collector = Collector(env, max_episode_steps)
     tasks = dist.sample_tasks(width, np.random.default_rng(0))
@@ -43,8 +46,10 @@ def collector_steps_per_s(dist, width: int, episodes: int, policy, repeats: int 
 
 
 def sync_vector_steps_per_s(gym_id: str, kwargs: dict, width: int, steps: int) -> float:
-    vec = gym.vector.SyncVectorEnv([lambda: gym.make(gym_id, **kwargs)] * width,
-                                   autoreset_mode=gym.vector.AutoresetMode.DISABLED)
+    vec = gym.vector.SyncVectorEnv(
+        [lambda: gym.make(gym_id, **kwargs)] * width,
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+    )
     vec.reset(seed=0)
     space = vec.single_action_space
     gen = torch.Generator().manual_seed(0)
@@ -75,8 +80,10 @@ def section_a(width: int) -> None:
     ]:
         ours = collector_steps_per_s(dist, width, episodes, RandomPolicy(dist.action_space))
         theirs = sync_vector_steps_per_s(gym_id, kwargs, width, sync_steps)
-        print(f"  {name:7s} metarl collector {ours:12,.0f} steps/s | SyncVectorEnv {theirs:10,.0f} "
-              f"steps/s | ratio {ours / theirs:7.1f}x  (target >= 50x)")
+        print(
+            f"  {name:7s} metarl collector {ours:12,.0f} steps/s | SyncVectorEnv {theirs:10,.0f} "
+            f"steps/s | ratio {ours / theirs:7.1f}x  (target >= 50x)"
+        )
 
 
 class TimedPolicy:
@@ -103,8 +110,10 @@ def section_b(width: int) -> None:
     from metarl.problem import RLProblem
 
     print(f"(b) RL² GRU-256 policy, B={width}: share of collection time outside the policy forward")
-    for name, dist, episodes, steps in [("bandit", BanditDistribution(arms=5), 10, None),
-                                        ("nav2d", Nav2DDistribution(), 1, 50)]:
+    for name, dist, episodes, steps in [
+        ("bandit", BanditDistribution(arms=5), 10, None),
+        ("nav2d", Nav2DDistribution(), 1, 50),
+    ]:
         problem = RLProblem(dist, episodes, max_episode_steps=steps)
         learner = RL2(problem, RL2Config(hidden_size=256))
         env = dist.make_batched_env(width, "cpu")
@@ -117,14 +126,35 @@ def section_b(width: int) -> None:
         batch = collector.collect(timed, tasks, episodes, gen)
         total = time.perf_counter() - t0
         share = 1.0 - timed.seconds / total
-        print(f"  {name:7s} {float(batch.valid.sum()) / total:10,.0f} steps/s; policy {timed.seconds:.2f}s "
-              f"of {total:.2f}s -> outside the policy: {100 * share:4.1f}%  (target <= 15%)")
+        print(
+            f"  {name:7s} {float(batch.valid.sum()) / total:10,.0f} steps/s; "
+            f"policy {timed.seconds:.2f}s "
+            f"of {total:.2f}s -> outside the policy: {100 * share:4.1f}%  (target <= 15%)"
+        )
+
+
+def section_c(width: int) -> None:
+    from agents.rl2 import RL2, RL2Config
+    from agents.snail import SNAIL, SNAILAgentConfig
+    from envs.bandit import BanditDistribution
+    from metarl.problem import RLProblem
+
+    episodes = 500
+    print(f"(c) SNAIL vs RL² collection on bandit k=5, n={episodes}, B={width}")
+    dist = BanditDistribution(arms=5)
+    problem = RLProblem(dist, episodes)
+    rates = {}
+    for name, learner in [("rl2", RL2(problem, RL2Config(hidden_size=256))),
+                          ("snail", SNAIL(problem, SNAILAgentConfig()))]:
+        rates[name] = collector_steps_per_s(dist, width, episodes, learner.policy, repeats=1)
+        print(f"  {name:6s} {rates[name]:10,.0f} steps/s")
+    print(f"  RL² / SNAIL time ratio: {rates['rl2'] / rates['snail']:.2f}x  (target: SNAIL within 3x)")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=4096)
-    parser.add_argument("--sections", default="a,b")
+    parser.add_argument("--sections", default="a,b,c")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -133,6 +163,8 @@ def main() -> None:
         section_a(args.width)
     if "b" in sections:
         section_b(args.width)
+    if "c" in sections:
+        section_c(args.width)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ class RandomPolicy:
     """
 
     def __init__(self, action_space: gym.spaces.Space):
-        size, self.n, self.discrete = space_dims(action_space)
+        _, self.n, self.discrete = space_dims(action_space)
         if not self.discrete:
             self.low = torch.as_tensor(action_space.low, dtype=torch.float32)
             self.high = torch.as_tensor(action_space.high, dtype=torch.float32)
@@ -34,7 +34,9 @@ class RandomPolicy:
         if self.discrete:
             action = torch.randint(0, self.n, (b,), generator=generator, device=device)
         elif self.low is None:
-            action = torch.randn((b, *inp.prev_action.shape[1:]), generator=generator, device=device)
+            action = torch.randn(
+                (b, *inp.prev_action.shape[1:]), generator=generator, device=device
+            )
         else:
             low, high = self.low.to(device), self.high.to(device)
             u = torch.rand((b, *low.shape), generator=generator, device=device)

@@ -59,11 +59,20 @@ class TrajectoryBatch:
                 raise ValueError(
                     f"TrajectoryBatch.{f.name} has shape {tuple(value.shape)}, expected [T, B]={tb}"
                 )
-        for name in ("reward", "terminated", "truncated", "episode_start", "trial_start",
-                     "valid", "log_prob", "value"):
+        for name in (
+            "reward",
+            "terminated",
+            "truncated",
+            "episode_start",
+            "trial_start",
+            "valid",
+            "log_prob",
+            "value",
+        ):
             if getattr(self, name).dim() != 2:
-                raise ValueError(f"TrajectoryBatch.{name} must be [T, B], got "
-                                 f"{tuple(getattr(self, name).shape)}")
+                raise ValueError(
+                    f"TrajectoryBatch.{name} must be [T, B], got {tuple(getattr(self, name).shape)}"
+                )
         for name in ("terminated", "truncated", "episode_start", "trial_start", "valid"):
             if getattr(self, name).dtype != torch.bool:
                 raise TypeError(f"TrajectoryBatch.{name} must be bool")
@@ -83,10 +92,14 @@ class TrajectoryBatch:
 
     def select(self, rows: torch.Tensor | slice) -> TrajectoryBatch:
         """The sub-batch of the given rows (whole trials: never slices along time)."""
-        return TrajectoryBatch(**{f.name: getattr(self, f.name)[:, rows] for f in dataclasses.fields(self)})
+        return TrajectoryBatch(
+            **{f.name: getattr(self, f.name)[:, rows] for f in dataclasses.fields(self)}
+        )
 
     def to(self, device: torch.device | str) -> TrajectoryBatch:
-        return TrajectoryBatch(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        return TrajectoryBatch(
+            **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)}
+        )
 
     @staticmethod
     def cat(batches: list[TrajectoryBatch]) -> TrajectoryBatch:

@@ -66,7 +66,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     header_end = len(MAGIC) + 65
     digest, data = raw[len(MAGIC) : header_end - 1], raw[header_end:]
     if len(raw) < header_end or hashlib.sha256(data).hexdigest().encode() != digest:
-        raise CheckpointError(f"checkpoint {path} is corrupt (truncated or modified: digest mismatch)")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt (truncated or modified: digest mismatch)"
+        )
     try:
         payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:

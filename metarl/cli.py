@@ -35,10 +35,18 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="meta-train a learner on a task distribution")
     t.add_argument("algo", nargs="?", help="registered algorithm (see `metarl algos`)")
-    t.add_argument("env", nargs="?", help="registered env, path/file.py:Class or package.module:Class")
+    t.add_argument(
+        "env", nargs="?", help="registered env, path/file.py:Class or package.module:Class"
+    )
     t.add_argument("--config", help="YAML config file (sections env, trial, algo, train)")
-    t.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                   help="override one option, e.g. --set env.arms=10 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one option, e.g. --set env.arms=10 (repeatable)",
+    )
     t.add_argument("--seed", type=int)
     t.add_argument("--iterations", type=int)
     t.add_argument("--device", help="cpu or cuda")
@@ -88,17 +96,27 @@ def cmd_train(args: argparse.Namespace) -> int:
         if not args.logdir:
             raise UsageError("--resume needs --logdir RUN_DIR")
         if args.config or args.sets:
-            raise UsageError("--resume takes its configuration from RUN_DIR/config.yaml; "
-                             "drop --config/--set (only --iterations may change)")
+            raise UsageError(
+                "--resume takes its configuration from RUN_DIR/config.yaml; "
+                "drop --config/--set (only --iterations may change)"
+            )
         cfg_path = Path(args.logdir) / "config.yaml"
         if not cfg_path.exists():
-            raise UsageError(f"cannot resume: {args.logdir} is not a metarl run directory (no config.yaml)")
+            raise UsageError(
+                f"cannot resume: {args.logdir} is not a metarl run directory (no config.yaml)"
+            )
         file_data = load_yaml(cfg_path)
     elif args.config:
         file_data = load_yaml(args.config)
     flags = {"seed": args.seed, "iterations": args.iterations, "device": args.device}
     config, env_cls, learner_cls = build_run_config(
-        args.algo, args.env, file_data, args.sets, flags, registry.resolve_env, registry.resolve_algo
+        args.algo,
+        args.env,
+        file_data,
+        args.sets,
+        flags,
+        registry.resolve_env,
+        registry.resolve_algo,
     )
     if args.logdir:
         run_dir = Path(args.logdir)
@@ -107,9 +125,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         safe_env = config.environment.replace("/", "_").replace(":", "_")
         run_dir = Path("runs") / f"{config.algorithm}-{safe_env}-seed{config.train.seed}-{stamp}"
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
-        raise UsageError(f"run directory {run_dir} already exists; use --resume or another --logdir")
-    runner = Runner(run_dir, config, env_cls, learner_cls, resume=args.resume,
-                    progress=not args.no_progress)
+        raise UsageError(
+            f"run directory {run_dir} already exists; use --resume or another --logdir"
+        )
+    runner = Runner(
+        run_dir, config, env_cls, learner_cls, resume=args.resume, progress=not args.no_progress
+    )
     last = runner.run()
     test = last.get("meta_test/return")
     summary = f"meta-test return {test:.4g}" if test is not None else "done"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from metarl.batch import TrajectoryBatch
+from metarl.learner import NonFiniteError
 from metarl.policy import Policy, StepInput
 from metarl.vector import BatchedTaskEnv
 
@@ -40,7 +41,9 @@ class Collector:
 
     def __init__(self, env: BatchedTaskEnv, max_episode_steps: int | None = None):
         self.env = env
-        self.max_episode_steps = min(max_episode_steps or env.max_episode_steps, env.max_episode_steps)
+        self.max_episode_steps = min(
+            max_episode_steps or env.max_episode_steps, env.max_episode_steps
+        )
 
     @torch.no_grad()
     def collect(
@@ -96,7 +99,7 @@ class Collector:
         # Rows all finish together when every episode has the same length (bandits, MDPs);
         # then the per-step "any row still active?" host sync is not needed.
         t = 0
-        for t in range(t_max):  # noqa: B007 - t is used after the loop
+        for t in range(t_max):
             if prev_action is None:
                 prev_action = _zero_action(env, b, device)
             out = policy.step(
@@ -106,6 +109,9 @@ class Collector:
             )
             state = out.state
             step = env.step(out.action)
+            if not bool(torch.isfinite(step.reward).all()):
+                bad = step.reward[~torch.isfinite(step.reward)][0]
+                raise NonFiniteError("reward returned by the env", float(bad))
             truncated = step.truncated | ((episode_step + 1 >= horizon) & ~step.terminated)
             done = step.terminated | truncated
 

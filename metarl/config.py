@@ -67,8 +67,9 @@ class TrainConfig:
         if self.iterations < 1:
             raise ValueError(f"train.iterations must be >= 1, got {self.iterations}")
         if self.eval_every < 0 or self.eval_tasks < 1 or self.checkpoint_every < 1:
-            raise ValueError("train.eval_every must be >= 0, train.eval_tasks and "
-                             "train.checkpoint_every >= 1")
+            raise ValueError(
+                "train.eval_every must be >= 0, train.eval_tasks and train.checkpoint_every >= 1"
+            )
         if self.nan_policy not in ("stop", "skip"):
             raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
@@ -126,10 +127,14 @@ def parse_set(item: str) -> tuple[str, str, Any]:
     key, _, raw = item.partition("=")
     key = key.strip()
     if key.count(".") != 1:
-        raise ConfigError(f"--set {item!r}: key must be section.key with section in {', '.join(SECTIONS)}")
+        raise ConfigError(
+            f"--set {item!r}: key must be section.key with section in {', '.join(SECTIONS)}"
+        )
     section, name = key.split(".")
     if section not in SECTIONS:
-        raise ConfigError(_did_you_mean(f"--set {item!r}: unknown section {section!r}", section, SECTIONS))
+        raise ConfigError(
+            _did_you_mean(f"--set {item!r}: unknown section {section!r}", section, SECTIONS)
+        )
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -139,7 +144,11 @@ def parse_set(item: str) -> tuple[str, str, Any]:
 
 def _did_you_mean(message: str, name: str, options) -> str:
     hint = difflib.get_close_matches(name, list(options), n=1)
-    return f"{message}; did you mean {hint[0]!r}?" if hint else f"{message} (options: {', '.join(sorted(options))})"
+    return (
+        f"{message}; did you mean {hint[0]!r}?"
+        if hint
+        else f"{message} (options: {', '.join(sorted(options))})"
+    )
 
 
 def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
@@ -166,7 +175,9 @@ def _type_ok(value: Any, annotation: Any) -> tuple[bool, Any]:
     if annotation is str:
         return isinstance(value, str), value
     if origin in (list, tuple):
-        return isinstance(value, list | tuple), list(value) if isinstance(value, list | tuple) else value
+        return isinstance(value, list | tuple), list(value) if isinstance(
+            value, list | tuple
+        ) else value
     if origin is dict:
         return isinstance(value, dict), value
     return True, value
@@ -189,7 +200,8 @@ def check_fields(section: str, values: dict[str, Any], fields: dict[str, Any]) -
         ok, coerced = _type_ok(value, fields[key])
         if not ok:
             raise ConfigError(
-                f"{section}.{key} must be {_type_name(fields[key])}, got {value!r} ({type(value).__name__})"
+                f"{section}.{key} must be {_type_name(fields[key])}, "
+                f"got {value!r} ({type(value).__name__})"
             )
         out[key] = coerced
     return out
@@ -210,7 +222,8 @@ def constructor_fields(cls: type) -> dict[str, Any]:
     return {
         name: hints.get(name, Any)
         for name, p in params.items()
-        if name not in ("self", "render_mode") and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+        if name not in ("self", "render_mode")
+        and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
     }
 
 
@@ -247,11 +260,15 @@ def build_run_config(
     for key, given in (("algorithm", algorithm), ("environment", environment)):
         in_file = file_data.get(key)
         if given and in_file and given != in_file:
-            raise ConfigError(f"{key} {given!r} on the command line disagrees with {in_file!r} in the config")
+            raise ConfigError(
+                f"{key} {given!r} on the command line disagrees with {in_file!r} in the config"
+            )
     algorithm = algorithm or file_data.get("algorithm")
     environment = environment or file_data.get("environment")
     if not algorithm or not environment:
-        raise ConfigError("give ALGO and ENV on the command line or as algorithm/environment in --config")
+        raise ConfigError(
+            "give ALGO and ENV on the command line or as algorithm/environment in --config"
+        )
 
     env_cls = resolve_env(str(environment))
     learner_cls = resolve_algo(str(algorithm))

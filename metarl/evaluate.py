@@ -48,8 +48,9 @@ def baseline_curves(problem: Any, tasks: Any, generator: torch.Generator) -> dic
     return curves
 
 
-def write_outputs(out: Path, curves: dict[str, Curve], optimum: torch.Tensor | None = None,
-                  title: str = "") -> None:
+def write_outputs(
+    out: Path, curves: dict[str, Curve], optimum: torch.Tensor | None = None, title: str = ""
+) -> None:
     """Writes adaptation.csv, summary.csv, adaptation.png and TensorBoard curves."""
     out.mkdir(parents=True, exist_ok=True)
     with open(out / "adaptation.csv", "w", newline="") as f:
@@ -58,7 +59,9 @@ def write_outputs(out: Path, curves: dict[str, Curve], optimum: torch.Tensor | N
         for name, curve in curves.items():
             for i, x in enumerate(curve.x):
                 m, lo, hi = mean_ci(curve.values[i])
-                writer.writerow([name, x, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", curve.values.shape[1]])
+                writer.writerow(
+                    [name, x, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", curve.values.shape[1]]
+                )
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["learner", "mean_total", "ci_low", "ci_high", "normalised", "n_tasks"])
@@ -68,7 +71,9 @@ def write_outputs(out: Path, curves: dict[str, Curve], optimum: torch.Tensor | N
             norm = ""
             if optimum is not None and bool((optimum > 0).all()):
                 norm = f"{float((total.double() / optimum.double().cpu()).mean()):.6g}"
-            writer.writerow([name, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", norm, curve.values.shape[1]])
+            writer.writerow(
+                [name, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", norm, curve.values.shape[1]]
+            )
     _plot(out / "adaptation.png", curves, title)
     from torch.utils.tensorboard import SummaryWriter
 
@@ -90,7 +95,9 @@ def _plot(path: Path, curves: dict[str, Curve], title: str) -> None:
         stats = [mean_ci(curve.values[i]) for i in range(len(curve.x))]
         means = [s[0] for s in stats]
         style = "-" if len(curve.x) > 1 else "o"
-        ax.plot(curve.x, means, style, label=name, linewidth=2.2 if name == title.split()[0] else 1.2)
+        ax.plot(
+            curve.x, means, style, label=name, linewidth=2.2 if name == title.split()[0] else 1.2
+        )
         ax.fill_between(curve.x, [s[1] for s in stats], [s[2] for s in stats], alpha=0.2)
     first = next(iter(curves.values()))
     ax.set_xlabel(first.x_label)
@@ -103,8 +110,13 @@ def _plot(path: Path, curves: dict[str, Curve], title: str) -> None:
     plt.close(fig)
 
 
-def evaluate_run(run_dir: str | Path, num_tasks: int = 1000, seed: int | None = None,
-                 out: str | Path | None = None, device: str | None = None) -> dict[str, Curve]:
+def evaluate_run(
+    run_dir: str | Path,
+    num_tasks: int = 1000,
+    seed: int | None = None,
+    out: str | Path | None = None,
+    device: str | None = None,
+) -> dict[str, Curve]:
     """Meta-tests the last checkpoint of ``run_dir`` on held-out tasks.
 
     Args:
@@ -121,7 +133,9 @@ def evaluate_run(run_dir: str | Path, num_tasks: int = 1000, seed: int | None = 
     run_dir = Path(run_dir)
     data = load_run(run_dir)
     flags = {"device": device} if device else {}
-    config, env_cls, learner_cls = build_run_config(None, None, data, [], flags, resolve_env, resolve_algo)
+    config, env_cls, learner_cls = build_run_config(
+        None, None, data, [], flags, resolve_env, resolve_algo
+    )
     dev = torch.device(config.train.device)
     problem = build_problem(config, env_cls, dev)
     learner = build_learner(config, learner_cls, problem, dev)
@@ -131,7 +145,9 @@ def evaluate_run(run_dir: str | Path, num_tasks: int = 1000, seed: int | None = 
     tasks = problem.sample_test_tasks(num_tasks, seed)
     curves = learner.evaluate(tasks, torch_generator(seed, EVAL_SEED_STREAM, device=dev))
     if next(iter(curves.values())).x_label == "episode":
-        curves.update(baseline_curves(problem, tasks, torch_generator(seed, EVAL_SEED_STREAM, 1, device=dev)))
+        curves.update(
+            baseline_curves(problem, tasks, torch_generator(seed, EVAL_SEED_STREAM, 1, device=dev))
+        )
     optimum = None
     if hasattr(problem.distribution, "optimal_episode_return"):
         optimum = problem.distribution.optimal_episode_return(tasks) * problem.episodes

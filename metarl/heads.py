@@ -14,6 +14,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from metarl.learner import check_finite
 from metarl.vector import space_dims
 
 
@@ -42,12 +43,19 @@ class ActionHead(nn.Module):
         return self.linear(features)
 
     def sample(self, params: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Draws one action per row from ``generator``."""
+        """Draws one action per row from ``generator``.
+
+        Raises:
+            NonFiniteError: If the policy's outputs are NaN or infinite (diverged weights).
+        """
+        check_finite("policy output", params)
         if self.discrete:
             probs = torch.softmax(params, dim=-1)
             flat = probs.reshape(-1, probs.shape[-1])
             return torch.multinomial(flat, 1, generator=generator).view(probs.shape[:-1])
-        noise = torch.randn(params.shape, generator=generator, device=params.device, dtype=params.dtype)
+        noise = torch.randn(
+            params.shape, generator=generator, device=params.device, dtype=params.dtype
+        )
         return (params + noise * self.log_std.exp()).view(*params.shape[:-1], *self.action_shape)
 
     def mode(self, params: torch.Tensor) -> torch.Tensor:
@@ -71,7 +79,12 @@ class ActionHead(nn.Module):
         ent = (self.log_std + 0.5 * math.log(2 * math.pi * math.e)).sum()
         return ent.expand(params.shape[:-1])
 
-    def kl(self, old_params: torch.Tensor, params: torch.Tensor, old_log_std: torch.Tensor | None = None) -> torch.Tensor:
+    def kl(
+        self,
+        old_params: torch.Tensor,
+        params: torch.Tensor,
+        old_log_std: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """KL(old ‖ new) per row; ``old_*`` must be detached by the caller."""
         if self.discrete:
             old_logp = torch.log_softmax(old_params, -1)
@@ -112,5 +125,6 @@ class ContextEncoder(nn.Module):
         else:
             act = prev_action.reshape(*lead, -1).to(obs.dtype)
         return torch.cat(
-            [obs.reshape(*lead, -1), act, prev_reward.unsqueeze(-1), prev_done.unsqueeze(-1)], dim=-1
+            [obs.reshape(*lead, -1), act, prev_reward.unsqueeze(-1), prev_done.unsqueeze(-1)],
+            dim=-1,
         )

@@ -30,7 +30,10 @@ class Curve:
 
     def __post_init__(self) -> None:
         if self.values.dim() != 2 or self.values.shape[0] != len(self.x):
-            raise ValueError(f"Curve values must be [len(x)={len(self.x)}, tasks], got {tuple(self.values.shape)}")
+            raise ValueError(
+                f"Curve values must be [len(x)={len(self.x)}, tasks], "
+                f"got {tuple(self.values.shape)}"
+            )
 
 
 class Learner(abc.ABC):

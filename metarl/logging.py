@@ -46,7 +46,9 @@ class MetricsLogger:
                 self.columns = list(reader.fieldnames or ["iteration"])
                 self.rows = [r for r in reader if int(float(r["iteration"])) < start_iteration]
         self._rewrite()
-        self.writer = SummaryWriter(str(run_dir), purge_step=start_iteration if start_iteration else None)
+        self.writer = SummaryWriter(
+            str(run_dir), purge_step=start_iteration if start_iteration else None
+        )
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".csv.tmp")

@@ -60,7 +60,9 @@ class RLProblem:
         self.observation_space = probe.single_observation_space
         self.action_space = probe.single_action_space
         self.env_max_episode_steps = probe.max_episode_steps
-        self.max_episode_steps = min(max_episode_steps or probe.max_episode_steps, probe.max_episode_steps)
+        self.max_episode_steps = min(
+            max_episode_steps or probe.max_episode_steps, probe.max_episode_steps
+        )
 
     @property
     def max_trial_steps(self) -> int:
@@ -75,7 +77,9 @@ class RLProblem:
                 steps = int(getattr(self.distribution, "max_episode_steps", 0) or 0) or _spec_steps(
                     self.distribution
                 )
-                env = GymVectorTaskEnv(self.env_factory, width, steps, self.device, self.asynchronous)
+                env = GymVectorTaskEnv(
+                    self.env_factory, width, steps, self.device, self.asynchronous
+                )
             self._envs[width] = env
         return self._envs[width]
 
@@ -86,7 +90,11 @@ class RLProblem:
         return sample_test_tasks(self.distribution, n, seed)
 
     def collect(
-        self, policy: Policy, tasks: Sequence[Any], generator: torch.Generator, episodes: int | None = None
+        self,
+        policy: Policy,
+        tasks: Sequence[Any],
+        generator: torch.Generator,
+        episodes: int | None = None,
     ) -> TrajectoryBatch:
         """One trial per task (split into chunks of at most ``max_width`` rows)."""
         episodes = self.episodes if episodes is None else episodes
@@ -104,8 +112,11 @@ class RLProblem:
         out: dict[str, Callable[[], Policy]] = {"random": lambda: RandomPolicy(self.action_space)}
         if hasattr(self.distribution, "baselines"):
             takes_episodes = "episodes" in inspect.signature(self.distribution.baselines).parameters
-            out.update(self.distribution.baselines(self.episodes) if takes_episodes
-                       else self.distribution.baselines())
+            out.update(
+                self.distribution.baselines(self.episodes)
+                if takes_episodes
+                else self.distribution.baselines()
+            )
         return out
 
     def close(self) -> None:
@@ -119,4 +130,3 @@ def _spec_steps(env: gym.Env) -> int:
     if spec is not None and spec.max_episode_steps:
         return int(spec.max_episode_steps)
     return 1000
-

@@ -41,20 +41,41 @@ class Entry:
 ENVS: dict[str, Entry] = {
     e.name: e
     for e in [
-        Entry("bandit", "envs.bandit:BanditDistribution",
-              "Bernoulli multi-armed bandit, arm means ~ U[0,1]; one pull per episode"),
-        Entry("tabular-mdp", "envs.tabular_mdp:TabularMDPDistribution",
-              "random tabular MDP: 10 states, 5 actions, horizon 10, Dirichlet transitions"),
-        Entry("nav2d", "envs.nav2d:Nav2DDistribution",
-              "2D point navigation to a goal ~ U[-0.5,0.5]^2, reward = -distance"),
-        Entry("halfcheetah-dir", "envs.mujoco_dirvel:HalfCheetahDirEnv",
-              "MuJoCo HalfCheetah (v5), run forward or backward (MAML); needs the mujoco extra"),
-        Entry("halfcheetah-vel", "envs.mujoco_dirvel:HalfCheetahVelEnv",
-              "MuJoCo HalfCheetah (v5), reach a target velocity ~ U[0,2] (MAML)"),
-        Entry("ant-dir", "envs.mujoco_dirvel:AntDirEnv",
-              "MuJoCo Ant (v5), walk forward or backward (MAML)"),
-        Entry("ant-vel", "envs.mujoco_dirvel:AntVelEnv",
-              "MuJoCo Ant (v5), reach a target velocity ~ U[0,3] (MAML)"),
+        Entry(
+            "bandit",
+            "envs.bandit:BanditDistribution",
+            "Bernoulli multi-armed bandit, arm means ~ U[0,1]; one pull per episode",
+        ),
+        Entry(
+            "tabular-mdp",
+            "envs.tabular_mdp:TabularMDPDistribution",
+            "random tabular MDP: 10 states, 5 actions, horizon 10, Dirichlet transitions",
+        ),
+        Entry(
+            "nav2d",
+            "envs.nav2d:Nav2DDistribution",
+            "2D point navigation to a goal ~ U[-0.5,0.5]^2, reward = -distance",
+        ),
+        Entry(
+            "halfcheetah-dir",
+            "envs.mujoco_dirvel:HalfCheetahDirEnv",
+            "MuJoCo HalfCheetah (v5), run forward or backward (MAML); needs the mujoco extra",
+        ),
+        Entry(
+            "halfcheetah-vel",
+            "envs.mujoco_dirvel:HalfCheetahVelEnv",
+            "MuJoCo HalfCheetah (v5), reach a target velocity ~ U[0,2] (MAML)",
+        ),
+        Entry(
+            "ant-dir",
+            "envs.mujoco_dirvel:AntDirEnv",
+            "MuJoCo Ant (v5), walk forward or backward (MAML)",
+        ),
+        Entry(
+            "ant-vel",
+            "envs.mujoco_dirvel:AntVelEnv",
+            "MuJoCo Ant (v5), reach a target velocity ~ U[0,3] (MAML)",
+        ),
     ]
 }
 
@@ -62,10 +83,16 @@ ENVS: dict[str, Entry] = {
 ALGOS: dict[str, Entry] = {
     e.name: e
     for e in [
-        Entry("rl2", "agents.rl2:RL2",
-              "RL²: GRU/LSTM policy over (obs, prev action, prev reward, done); PPO or TRPO"),
-        Entry("snail", "agents.snail:SNAIL",
-              "SNAIL: temporal convolutions + causal attention over the trial; PPO or TRPO"),
+        Entry(
+            "rl2",
+            "agents.rl2:RL2",
+            "RL²: GRU/LSTM policy over (obs, prev action, prev reward, done); PPO or TRPO",
+        ),
+        Entry(
+            "snail",
+            "agents.snail:SNAIL",
+            "SNAIL: temporal convolutions + causal attention over the trial; PPO or TRPO",
+        ),
     ]
 }
 

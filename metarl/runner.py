@@ -50,34 +50,48 @@ def build_problem(config: RunConfig, env_cls: Any, device: torch.device) -> RLPr
     if hasattr(distribution, "make_batched_env"):
         factory = None
     elif isinstance(distribution, gym.Env):
-        missing = [m for m in ("sample_tasks", "set_task") if not callable(getattr(distribution, m, None))]
+        missing = [
+            m for m in ("sample_tasks", "set_task") if not callable(getattr(distribution, m, None))
+        ]
         if missing:
-            raise EnvError(f"env {name!r} is a gymnasium.Env without {' and '.join(missing)}(); "
-                           "a task env needs sample_tasks(n, rng) and set_task(task)")
+            raise EnvError(
+                f"env {name!r} is a gymnasium.Env without {' and '.join(missing)}(); "
+                "a task env needs sample_tasks(n, rng) and set_task(task)"
+            )
         # Catch a broken user env here, with a precise message, rather than mid-training.
         from metarl.testing import check_task_env
 
         problems = check_task_env(env_cls, config.env)
         if problems:
-            raise EnvError(f"env {name!r} ({env_cls.__name__}) breaks the task-env API: {problems[0]}")
+            raise EnvError(
+                f"env {name!r} ({env_cls.__name__}) breaks the task-env API: {problems[0]}"
+            )
         factory = functools.partial(env_cls, **config.env)
     else:
-        raise EnvError(f"env {name!r} ({type(distribution).__name__}) is neither a batched task "
-                       "distribution (make_batched_env) nor a gymnasium.Env with sample_tasks/set_task")
+        raise EnvError(
+            f"env {name!r} ({type(distribution).__name__}) is neither a batched task "
+            "distribution (make_batched_env) nor a gymnasium.Env with sample_tasks/set_task"
+        )
     try:
-        return RLProblem(distribution, config.trial.episodes, device, config.trial.max_episode_steps, factory)
+        return RLProblem(
+            distribution, config.trial.episodes, device, config.trial.max_episode_steps, factory
+        )
     except Exception as e:
         raise EnvError(f"env {name!r} failed to start: {type(e).__name__}: {e}") from None
 
 
-def build_learner(config: RunConfig, learner_cls: Any, problem: RLProblem, device: torch.device) -> Learner:
+def build_learner(
+    config: RunConfig, learner_cls: Any, problem: RLProblem, device: torch.device
+) -> Learner:
     torch.manual_seed(config.train.seed)  # parameter initialisation
     learner = learner_cls(problem, config.algo, device)
     learner.registered_name = config.algorithm
     return learner
 
 
-def mean_curve_metrics(prefix: str, curves: dict[str, Curve], name: str, learner: Learner) -> dict[str, float]:
+def mean_curve_metrics(
+    prefix: str, curves: dict[str, Curve], name: str, learner: Learner
+) -> dict[str, float]:
     curve = curves[name]
     means = curve.values.float().mean(1)
     return {
@@ -100,8 +114,15 @@ class Runner:
         progress: Show a progress bar on stderr.
     """
 
-    def __init__(self, run_dir: str | Path, config: RunConfig, env_cls: Any, learner_cls: Any,
-                 resume: bool = False, progress: bool = True):
+    def __init__(
+        self,
+        run_dir: str | Path,
+        config: RunConfig,
+        env_cls: Any,
+        learner_cls: Any,
+        resume: bool = False,
+        progress: bool = True,
+    ):
         self.run_dir = Path(run_dir)
         self.config = config
         self.progress = progress
@@ -122,26 +143,37 @@ class Runner:
                 self.elapsed = float(state.get("elapsed", 0.0))
             except (KeyError, RuntimeError, ValueError, TypeError) as e:
                 first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise CheckpointError(f"checkpoint does not fit this run's learner: {first}") from None
+                raise CheckpointError(
+                    f"checkpoint does not fit this run's learner: {first}"
+                ) from None
         self.test_tasks = self.problem.sample_test_tasks(config.train.eval_tasks, config.train.seed)
 
     def _status(self, status: str, **extra: Any) -> None:
-        info = {"status": status, "algorithm": self.config.algorithm,
-                "environment": self.config.environment, **extra}
+        info = {
+            "status": status,
+            "algorithm": self.config.algorithm,
+            "environment": self.config.environment,
+            **extra,
+        }
         tmp = self.run_dir / ".run.json.tmp"
         tmp.write_text(json.dumps(info, indent=2) + "\n")
         os.replace(tmp, self.run_dir / "run.json")
 
     def _save(self, iteration: int) -> None:
-        save_checkpoint(self.run_dir / CHECKPOINT, {
-            "iteration": iteration,
-            "learner": self.learner.state_dict(),
-            "config": self.config.to_dict(),
-            "elapsed": self.elapsed,
-        })
+        save_checkpoint(
+            self.run_dir / CHECKPOINT,
+            {
+                "iteration": iteration,
+                "learner": self.learner.state_dict(),
+                "config": self.config.to_dict(),
+                "elapsed": self.elapsed,
+            },
+        )
 
     def meta_test(self, iteration: int) -> dict[str, float]:
-        generator = torch_generator(self.config.train.seed, EVAL_STREAM, iteration, device=self.device)
+        generator = torch_generator(
+            self.config.train.seed, EVAL_STREAM, iteration, device=self.device
+        )
         curves = self.learner.evaluate(self.test_tasks, generator)
         return mean_curve_metrics("meta_test", curves, self.learner.registered_name, self.learner)
 
@@ -157,9 +189,13 @@ class Runner:
         try:
             for it in range(self.start_iteration, cfg.iterations):
                 t0 = time.perf_counter()
-                tasks = self.problem.sample_train_tasks(self.learner.tasks_per_iteration(), cfg.seed, it)
+                tasks = self.problem.sample_train_tasks(
+                    self.learner.tasks_per_iteration(), cfg.seed, it
+                )
                 generator = torch_generator(cfg.seed, 0, it, device=self.device)
-                snapshot = copy.deepcopy(self.learner.state_dict()) if cfg.nan_policy == "skip" else None
+                snapshot = (
+                    copy.deepcopy(self.learner.state_dict()) if cfg.nan_policy == "skip" else None
+                )
                 try:
                     metrics = namespace(self.learner.train_iteration(tasks, generator))
                 except NonFiniteError as e:
@@ -167,10 +203,13 @@ class Runner:
                         raise TrainingError(
                             f"iteration {it}: {e.name} is {e.value}; training stopped, last good "
                             f"checkpoint kept at {self.run_dir / CHECKPOINT} "
-                            "(set train.nan_policy=skip to skip such updates)") from None
+                            "(set train.nan_policy=skip to skip such updates)"
+                        ) from None
                     self.learner.load_state_dict(snapshot)
                     metrics = {"meta_train/skipped_nonfinite": 1.0}
-                    print(f"metarl: iteration {it}: {e.name} is {e.value}; update skipped", flush=True)
+                    print(
+                        f"metarl: iteration {it}: {e.name} is {e.value}; update skipped", flush=True
+                    )
                 if cfg.eval_every and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
                     metrics.update(self.meta_test(it))
                 dt = time.perf_counter() - t0
@@ -193,8 +232,12 @@ class Runner:
             raise
         bar.close()
         logger.close()
-        self._status("complete", iteration=cfg.iterations, elapsed_s=round(self.elapsed, 2),
-                     **{k: v for k, v in last.items() if k.startswith("meta_test/")})
+        self._status(
+            "complete",
+            iteration=cfg.iterations,
+            elapsed_s=round(self.elapsed, 2),
+            **{k: v for k, v in last.items() if k.startswith("meta_test/")},
+        )
         return last
 
 
@@ -213,8 +256,11 @@ class _progress:
         if self.bar is None:
             return
         self.test = metrics.get("meta_test/return", self.test)
-        self.bar.set_postfix(ret=f"{metrics.get('meta_train/return', math.nan):.3g}",
-                             test=f"{self.test:.3g}", refresh=False)
+        self.bar.set_postfix(
+            ret=f"{metrics.get('meta_train/return', math.nan):.3g}",
+            test=f"{self.test:.3g}",
+            refresh=False,
+        )
         self.bar.update(1)
 
     def close(self) -> None:
@@ -232,5 +278,13 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
     return load_yaml(path)
 
 
-__all__ = ["CHECKPOINT", "EnvError", "Runner", "TrainingError", "build_learner", "build_problem",
-           "dataclasses", "load_run"]
+__all__ = [
+    "CHECKPOINT",
+    "EnvError",
+    "Runner",
+    "TrainingError",
+    "build_learner",
+    "build_problem",
+    "dataclasses",
+    "load_run",
+]

@@ -55,11 +55,15 @@ class TaskBatch:
     def __getitem__(self: T, index: Any) -> T:
         if isinstance(index, int):
             index = slice(index, index + 1) if index != -1 else slice(-1, None)
-        return type(self)(**{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)})
+        return type(self)(
+            **{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)}
+        )
 
     def to(self: T, device: torch.device | str) -> T:
         """Returns the same tasks on ``device``."""
-        return type(self)(**{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)})
+        return type(self)(
+            **{f.name: getattr(self, f.name).to(device) for f in dataclasses.fields(self)}
+        )
 
     def unbind(self: T) -> list[T]:
         """Splits into single-task batches (what a gymnasium view's ``set_task`` takes)."""

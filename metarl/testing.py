@@ -27,17 +27,26 @@ def _first_line(e: BaseException) -> str:
 def _same(a: Any, b: Any) -> bool:
     """Deep equality over tensors, arrays, dataclasses, mappings and sequences."""
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
-        return isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.shape == b.shape \
+        return (
+            isinstance(a, torch.Tensor)
+            and isinstance(b, torch.Tensor)
+            and a.shape == b.shape
             and bool(torch.equal(a, b))
+        )
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
         return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
         return type(a) is type(b) and all(
-            _same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a))
+            _same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
+        )
     if isinstance(a, dict):
         return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
     if isinstance(a, list | tuple):
-        return isinstance(b, list | tuple) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+        return (
+            isinstance(b, list | tuple)
+            and len(a) == len(b)
+            and all(_same(x, y) for x, y in zip(a, b))
+        )
     try:
         return bool(a == b)
     except Exception:
@@ -67,7 +76,9 @@ def _check_gym_env(env_cls: Any, kwargs: dict[str, Any]) -> list[str]:
     try:
         pickle.loads(pickle.dumps(tasks))
     except Exception as e:
-        problems.append(f"tasks cannot be pickled (needed by process and Ray samplers): {_first_line(e)}")
+        problems.append(
+            f"tasks cannot be pickled (needed by process and Ray samplers): {_first_line(e)}"
+        )
     obs_space, act_space = env.observation_space, env.action_space
     if not isinstance(act_space, gym.spaces.Discrete | gym.spaces.Box):
         problems.append(f"action space {act_space} is not supported (Discrete or Box)")
@@ -94,19 +105,28 @@ def _check_gym_env(env_cls: Any, kwargs: dict[str, Any]) -> list[str]:
     if isinstance(obs_space, gym.spaces.Box):
         arr = np.asarray(obs)
         if arr.shape != obs_space.shape:
-            problems.append(f"observation shape {arr.shape} does not match observation_space {obs_space.shape}")
+            problems.append(
+                f"observation shape {arr.shape} does not match observation_space {obs_space.shape}"
+            )
         if arr.dtype != obs_space.dtype:
-            problems.append(f"observation dtype {arr.dtype} does not match observation_space dtype {obs_space.dtype}")
+            problems.append(
+                f"observation dtype {arr.dtype} does not match "
+                f"observation_space dtype {obs_space.dtype}"
+            )
     rewards = trace[2::4]
     if not all(np.isfinite(float(r)) for r in rewards):
         problems.append("step returned a non-finite reward")
     if not _same(rollout(tasks[0], seed=0)[0::4], trace[0::4]):
-        problems.append("reset ignores the seed: reset(seed=0) twice gave different observations/trajectories")
+        problems.append(
+            "reset ignores the seed: reset(seed=0) twice gave different observations/trajectories"
+        )
     try:
         env.set_task(tasks[1])
         env.set_task(tasks[0])
         if not _same(rollout(tasks[0], seed=0)[1::4], trace[1::4]):
-            problems.append("set_task is not deterministic: the same task and seed gave different rollouts")
+            problems.append(
+                "set_task is not deterministic: the same task and seed gave different rollouts"
+            )
     except Exception as e:
         problems.append(f"set_task raised {_first_line(e)}")
     if not problems:
@@ -172,8 +192,10 @@ def check_task_env(env_cls: Any, kwargs: dict[str, Any] | None = None) -> list[s
         return _check_batched(env_cls, kwargs)
     if isinstance(env_cls, type) and issubclass(env_cls, gym.Env):
         return _check_gym_env(env_cls, kwargs)
-    return [f"{getattr(env_cls, '__name__', env_cls)!s} is neither a batched task distribution "
-            "(make_batched_env) nor a gymnasium.Env subclass with sample_tasks/set_task"]
+    return [
+        f"{getattr(env_cls, '__name__', env_cls)!s} is neither a batched task distribution "
+        "(make_batched_env) nor a gymnasium.Env subclass with sample_tasks/set_task"
+    ]
 
 
 # ---------------------------------------------------------------------------- toy envs
@@ -193,7 +215,9 @@ class CountingEnv(TensorTaskEnv):
     one step shorter) so that trials end at different times.
     """
 
-    def __init__(self, num_envs: int, episode_length: int, terminate: bool, ragged: bool, device="cpu"):
+    def __init__(
+        self, num_envs: int, episode_length: int, terminate: bool, ragged: bool, device="cpu"
+    ):
         super().__init__(num_envs, episode_length + 1, device)
         self.episode_length = episode_length
         self.terminate = terminate

@@ -135,13 +135,17 @@ class BatchedEnvView(gym.Env):
 
     metadata = {"render_modes": []}  # noqa: RUF012 - gymnasium convention
 
-    def __init__(self, distribution: Any, task: TaskBatch | None = None, render_mode: str | None = None):
+    def __init__(
+        self, distribution: Any, task: TaskBatch | None = None, render_mode: str | None = None
+    ):
         self.distribution = distribution
         self._env: TensorTaskEnv = distribution.make_batched_env(1, "cpu")
         self.observation_space = self._env.single_observation_space
         self.action_space = self._env.single_action_space
         self.render_mode = render_mode
-        self.task = task if task is not None else distribution.sample_tasks(1, np.random.default_rng(0))
+        self.task = (
+            task if task is not None else distribution.sample_tasks(1, np.random.default_rng(0))
+        )
         self._env.set_tasks(self.task)
 
     def sample_tasks(self, n: int, rng: np.random.Generator) -> list[TaskBatch]:
@@ -163,7 +167,9 @@ class BatchedEnvView(gym.Env):
         if isinstance(self.action_space, gym.spaces.Discrete):
             act = torch.as_tensor([int(action)], dtype=torch.long)
         else:
-            act = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(1, *self.action_space.shape)
+            act = torch.as_tensor(np.asarray(action, dtype=np.float32)).reshape(
+                1, *self.action_space.shape
+            )
         out = self._env.step(act)
         return (
             self._to_numpy_obs(out.obs),

@@ -11,8 +11,22 @@ import torch
 from metarl.checkpoint import load_checkpoint
 from metarl.cli import main
 
-SMALL = ["--set", "algo.trials_per_iteration=8", "--set", "algo.hidden_size=8",
-         "--set", "train.eval_tasks=4", "--set", "train.eval_every=2", "--no-progress"]
+SMALL = [
+    "--set",
+    "algo.trials_per_iteration=8",
+    "--set",
+    "algo.hidden_size=8",
+    "--set",
+    "train.eval_tasks=4",
+    "--set",
+    "train.eval_every=2",
+    "--no-progress",
+]
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def run(args, capsys):
@@ -28,24 +42,40 @@ def test_envs_and_algos_listings(capsys):
     assert {"bandit", "tabular-mdp", "nav2d"} <= set(names)
     assert all(len(line.split(None, 1)) == 2 for line in out.strip().splitlines())
     code, out, _ = run(["algos"], capsys)
-    assert code == 0 and out.startswith("rl2") or "rl2 " in out
+    assert (code == 0 and out.startswith("rl2")) or "rl2 " in out
 
 
 @pytest.mark.parametrize("env", ["bandit", "tabular-mdp", "nav2d"])
 def test_train_eval_smoke(env, tmp_path, capsys):
     run_dir = tmp_path / env
-    code, out, err = run(["train", "rl2", env, "--iterations", "2", "--logdir", str(run_dir),
-                          "--set", "trial.episodes=2", *([] if env == "bandit" else ["--set", "trial.max_episode_steps=10"]), *SMALL], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "rl2",
+            env,
+            "--iterations",
+            "2",
+            "--logdir",
+            str(run_dir),
+            "--set",
+            "trial.episodes=2",
+            *([] if env == "bandit" else ["--set", "trial.max_episode_steps=10"]),
+            *SMALL,
+        ],
+        capsys,
+    )
     assert code == 0, err
-    assert {"config.yaml", "metrics.csv", "checkpoints", "run.json"} <= {p.name for p in run_dir.iterdir()}
+    assert {"config.yaml", "metrics.csv", "checkpoints", "run.json"} <= {
+        p.name for p in run_dir.iterdir()
+    }
     assert list(run_dir.glob("events.out.tfevents.*"))
-    rows = list(csv.DictReader(open(run_dir / "metrics.csv")))
+    rows = read_csv(run_dir / "metrics.csv")
     assert [r["iteration"] for r in rows] == ["0", "1"]
     assert rows[1]["meta_test/return"] != ""
     assert any(k.startswith("losses/") for k in rows[0])
-    code, out, err = run(["eval", str(run_dir), "--tasks", "6"], capsys)
+    code, _, err = run(["eval", str(run_dir), "--tasks", "6"], capsys)
     assert code == 0, err
-    table = list(csv.DictReader(open(run_dir / "eval" / "adaptation.csv")))
+    table = read_csv(run_dir / "eval" / "adaptation.csv")
     assert list(table[0]) == ["learner", "x", "mean_return", "ci_low", "ci_high", "n_tasks"]
     learners = {r["learner"] for r in table}
     assert {"rl2", "random", "oracle"} <= learners
@@ -56,25 +86,52 @@ def test_train_eval_smoke(env, tmp_path, capsys):
 
 def test_resume_matches_uninterrupted_run(tmp_path, capsys):
     full, part = tmp_path / "full", tmp_path / "part"
-    assert run(["train", "rl2", "bandit", "--iterations", "4", "--logdir", str(full), *SMALL], capsys)[0] == 0
-    assert run(["train", "rl2", "bandit", "--iterations", "2", "--logdir", str(part), *SMALL], capsys)[0] == 0
-    code, _, err = run(["train", "--resume", "--logdir", str(part), "--iterations", "4", "--no-progress"], capsys)
+    assert (
+        run(["train", "rl2", "bandit", "--iterations", "4", "--logdir", str(full), *SMALL], capsys)[
+            0
+        ]
+        == 0
+    )
+    assert (
+        run(["train", "rl2", "bandit", "--iterations", "2", "--logdir", str(part), *SMALL], capsys)[
+            0
+        ]
+        == 0
+    )
+    code, _, err = run(
+        ["train", "--resume", "--logdir", str(part), "--iterations", "4", "--no-progress"], capsys
+    )
     assert code == 0, err
     a = load_checkpoint(full / "checkpoints/last.pt")["learner"]["model"]
     b = load_checkpoint(part / "checkpoints/last.pt")["learner"]["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), key
-    rows = list(csv.DictReader(open(part / "metrics.csv")))
+    rows = read_csv(part / "metrics.csv")
     assert [r["iteration"] for r in rows] == ["0", "1", "2", "3"]
 
 
 def test_yaml_config_and_overrides(tmp_path, capsys):
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("algorithm: rl2\nenvironment: bandit\nenv: {arms: 3}\ntrial: {episodes: 4}\n"
-                   "algo: {hidden_size: 8, trials_per_iteration: 4}\ntrain: {eval_tasks: 2}\n")
+    cfg.write_text(
+        "algorithm: rl2\nenvironment: bandit\nenv: {arms: 3}\ntrial: {episodes: 4}\n"
+        "algo: {hidden_size: 8, trials_per_iteration: 4}\ntrain: {eval_tasks: 2}\n"
+    )
     run_dir = tmp_path / "r"
-    code, _, err = run(["train", "--config", str(cfg), "--set", "env.arms=4", "--iterations", "1",
-                        "--logdir", str(run_dir), "--no-progress"], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "--config",
+            str(cfg),
+            "--set",
+            "env.arms=4",
+            "--iterations",
+            "1",
+            "--logdir",
+            str(run_dir),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 0, err
     import yaml
 
@@ -126,7 +183,7 @@ def test_malformed_yaml(tmp_path, capsys):
     _one_line_error(code, err, "did you mean 'hidden_size'")
 
 
-BROKEN_ENV = '''
+BROKEN_ENV = """
 import gymnasium as gym
 import numpy as np
 
@@ -152,7 +209,7 @@ class BadStep(gym.Env):
 
     def step(self, action):
         return np.zeros(1, np.float32), 0.0, False  # wrong arity
-'''
+"""
 
 
 def test_broken_user_env(tmp_path, capsys):
@@ -168,7 +225,13 @@ def test_broken_user_env(tmp_path, capsys):
 
 def test_missing_and_corrupt_checkpoint(tmp_path, capsys):
     run_dir = tmp_path / "r"
-    assert run(["train", "rl2", "bandit", "--iterations", "1", "--logdir", str(run_dir), *SMALL], capsys)[0] == 0
+    assert (
+        run(
+            ["train", "rl2", "bandit", "--iterations", "1", "--logdir", str(run_dir), *SMALL],
+            capsys,
+        )[0]
+        == 0
+    )
     ckpt = run_dir / "checkpoints" / "last.pt"
     data = ckpt.read_bytes()
     ckpt.write_bytes(data[: len(data) // 2])
@@ -217,8 +280,21 @@ class GoLeftOrRight(gym.Env):
         return np.zeros(1, np.float32), float(action == self.task), False, self.t >= self.length, {}
 ''')
     run_dir = tmp_path / "r"
-    code, _, err = run(["train", "rl2", f"{path}:GoLeftOrRight", "--iterations", "2", "--set", "env.length=2",
-                        "--logdir", str(run_dir), *SMALL], capsys)
+    code, _, err = run(
+        [
+            "train",
+            "rl2",
+            f"{path}:GoLeftOrRight",
+            "--iterations",
+            "2",
+            "--set",
+            "env.length=2",
+            "--logdir",
+            str(run_dir),
+            *SMALL,
+        ],
+        capsys,
+    )
     assert code == 0, err
     code, _, err = run(["eval", str(run_dir), "--tasks", "4"], capsys)
     assert code == 0, err
@@ -227,7 +303,97 @@ class GoLeftOrRight(gym.Env):
 
 
 def test_console_script_exit_code(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "metarl.cli", "train", "rl2", "nope"],
-                          capture_output=True, text=True, cwd=Path(__file__).parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-m", "metarl.cli", "train", "rl2", "nope"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parents[1],
+    )
     assert proc.returncode == 2
     assert proc.stderr.count("\n") == 1 and "unknown env" in proc.stderr
+
+
+NAN_LEARNER = '''
+from agents.rl2 import RL2
+
+CALLS = {"n": 0}
+
+
+class NaNLater(RL2):
+    """RL² whose loss turns NaN from its 3rd update on."""
+
+    def train_iteration(self, tasks, generator):
+        CALLS["n"] += 1
+        return super().train_iteration(tasks, generator)
+
+    def _adam_step(self, loss, name):
+        super()._adam_step(loss * float("nan") if CALLS["n"] > 2 else loss, name)
+'''
+
+NAN_ENV = '''
+from metarl.testing import CountingDistribution, CountingEnv
+
+
+class NaNEnv(CountingEnv):
+    def _step(self, action):
+        obs, reward, term = super()._step(action)
+        return obs, reward * float("nan"), term
+
+
+class NaNRewards(CountingDistribution):
+    def make_batched_env(self, num_envs, device="cpu"):
+        return NaNEnv(num_envs, self.episode_length, self.terminate, self.ragged, device)
+'''
+
+
+@pytest.mark.parametrize("policy", ["stop", "skip"])
+def test_nan_loss_stops_with_message_or_skips(policy, tmp_path, capsys):
+    path = tmp_path / f"nan_learner_{policy}.py"
+    path.write_text(NAN_LEARNER)
+    run_dir = tmp_path / "r"
+    args = ["train", f"{path}:NaNLater", "bandit", "--iterations", "4", "--logdir", str(run_dir),
+            "--set", f"train.nan_policy={policy}", "--set", "train.eval_every=0", *SMALL]
+    code, out, err = run(args, capsys)
+    if policy == "stop":
+        assert code == 1
+        assert len(err.strip().splitlines()) == 1
+        assert "iteration 2" in err and "loss" in err and "nan" in err
+        # The last good checkpoint (after iterations 0 and 1) is kept and loads.
+        assert load_checkpoint(run_dir / "checkpoints/last.pt")["iteration"] == 2
+        assert "failed" in (run_dir / "run.json").read_text()
+    else:
+        assert code == 0, err
+        assert "update skipped" in out
+        rows = read_csv(run_dir / "metrics.csv")
+        assert [r.get("meta_train/skipped_nonfinite", "") for r in rows] == ["", "", "1", "1"]
+        state = load_checkpoint(run_dir / "checkpoints/last.pt")["learner"]["model"]
+        assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_nan_reward_from_env_is_named(tmp_path, capsys):
+    path = tmp_path / "nan_env.py"
+    path.write_text(NAN_ENV)
+    args = ["train", "rl2", f"{path}:NaNRewards", "--iterations", "2", "--logdir", str(tmp_path / "r"),
+            *SMALL]
+    code, _, err = run(args, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "iteration 0" in err and "reward" in err
+
+
+@pytest.mark.parametrize(
+    ("algo", "env", "optimizer"),
+    [("snail", "bandit", "ppo"), ("snail", "tabular-mdp", "trpo"), ("snail", "nav2d", "ppo"),
+     ("rl2", "tabular-mdp", "trpo"), ("rl2", "bandit", "vpg")],
+)
+def test_algorithm_smoke(algo, env, optimizer, tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    extra = ["--set", "trial.max_episode_steps=8"] if env == "nav2d" else []
+    code, _, err = run(["train", algo, env, "--iterations", "2", "--logdir", str(run_dir),
+                        "--set", f"algo.optimizer={optimizer}", "--set", "trial.episodes=3",
+                        "--set", "algo.trials_per_iteration=8", "--set", "train.eval_tasks=4",
+                        "--set", "train.eval_every=2", "--no-progress", *extra], capsys)
+    assert code == 0, err
+    rows = read_csv(run_dir / "metrics.csv")
+    assert len(rows) == 2 and rows[1]["meta_test/return"] != ""
+    if optimizer == "trpo":
+        assert rows[0]["meta_train/trpo_accepted"] in ("0", "1")

@@ -33,7 +33,9 @@ def collect(dist, rows=4, episodes=3, max_steps=None, policy=None):
     env = dist.make_batched_env(rows)
     tasks = dist.sample_tasks(rows, np.random.default_rng(0))
     policy = policy or RecordingPolicy()
-    batch = Collector(env, max_steps).collect(policy, tasks, episodes, torch.Generator().manual_seed(0))
+    batch = Collector(env, max_steps).collect(
+        policy, tasks, episodes, torch.Generator().manual_seed(0)
+    )
     return batch, policy
 
 
@@ -89,7 +91,9 @@ def test_truncation_is_kept_apart_from_termination():
 
 
 def test_collector_time_limit_truncates():
-    batch, _ = collect(CountingDistribution(episode_length=10, terminate=True), max_steps=2, episodes=2)
+    batch, _ = collect(
+        CountingDistribution(episode_length=10, terminate=True), max_steps=2, episodes=2
+    )
     assert batch.num_steps == 4
     assert batch.truncated[:, 0].tolist() == [False, True, False, True]
     assert not batch.terminated.any()
@@ -130,7 +134,9 @@ def test_gym_adapter_with_time_limited_user_env():
     tasks = problem.sample_train_tasks(3, seed=0, iteration=0)
     from metarl.baselines import RandomPolicy
 
-    batch = problem.collect(RandomPolicy(problem.action_space), tasks, torch.Generator().manual_seed(0))
+    batch = problem.collect(
+        RandomPolicy(problem.action_space), tasks, torch.Generator().manual_seed(0)
+    )
     assert batch.num_steps == 10
     assert batch.truncated[:, 0].tolist() == [t % 5 == 4 for t in range(10)]
     assert batch.episode_start[5].all() and batch.obs[5].eq(0).all()  # reset by the collector

@@ -259,7 +259,7 @@ def test_conv_cache_size_is_independent_of_t():
         assert [ring.data_ptr() for ring, _ in dense_now] == ptrs0
     blocks = [b for layer in model.stack.layers if isinstance(layer, TCBlock)
               for b in layer.blocks]
-    assert sizes0 == [B * b.dilation * b.in_channels for b in blocks]
+    assert sizes0 == [B * b.dilation * 2 * b.filters for b in blocks]
     # attention buffers were preallocated to T: never reallocated within the trial
     assert state[-1][0].data_ptr() == att_ptr and state[-1][0].shape[1] == T
 

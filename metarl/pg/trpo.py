@@ -135,7 +135,10 @@ def trpo_step(
     def fvp_retained(v: torch.Tensor) -> torch.Tensor:
         grads = torch.autograd.grad(grad_kl @ v, params, retain_graph=True, allow_unused=True)
         flat = torch.cat(
-            [(torch.zeros_like(p) if gr is None else gr).reshape(-1) for gr, p in zip(grads, params)]
+            [
+                (torch.zeros_like(p) if gr is None else gr).reshape(-1)
+                for gr, p in zip(grads, params)
+            ]
         )
         return flat + damping * v
 
@@ -150,7 +153,12 @@ def trpo_step(
         with torch.no_grad():
             new_loss = float(loss_fn())
             kl = float(kl_fn())
-        if math.isfinite(new_loss) and math.isfinite(kl) and kl <= max_kl and new_loss < loss_before:
+        if (
+            math.isfinite(new_loss)
+            and math.isfinite(kl)
+            and kl <= max_kl
+            and new_loss < loss_before
+        ):
             return TRPOResult(True, loss_before, new_loss, kl, k)
     set_flat(params, old)
     return TRPOResult(
