@@ -170,15 +170,18 @@ def tuned_bandit_hyperparameter(name: str, arms: int, episodes: int) -> float:
 
     # A dedicated training-stream key, so tuning never sees held-out tasks.
     tasks = BanditDistribution(arms=arms).sample_tasks(1000, task_rng(0, TRAIN_STREAM, 10**9))
-    return tune_bandit_baseline(name, tasks.means, episodes, generator=torch.Generator().manual_seed(0))
+    return tune_bandit_baseline(
+        name, tasks.means, episodes, generator=torch.Generator().manual_seed(0)
+    )
 
 
 def _tuned_bandit_baseline(name: str, arms: int, episodes: int) -> Policy:
     from envs.bandit_baselines import BANDIT_BASELINES, BANDIT_HYPERPARAMETERS
 
     value = tuned_bandit_hyperparameter(name, arms, episodes)
-    return BANDIT_BASELINES[name](num_arms=arms, num_episodes=episodes,
-                                  **{BANDIT_HYPERPARAMETERS[name]: value})
+    return BANDIT_BASELINES[name](
+        num_arms=arms, num_episodes=episodes, **{BANDIT_HYPERPARAMETERS[name]: value}
+    )
 
 
 class BanditGymEnv(BatchedEnvView):

@@ -77,7 +77,11 @@ class TabularMDPEnv(TensorTaskEnv):
     """
 
     def __init__(
-        self, num_envs: int, states: int, actions: int, horizon: int,
+        self,
+        num_envs: int,
+        states: int,
+        actions: int,
+        horizon: int,
         device: torch.device | str = "cpu",
     ):
         super().__init__(num_envs, max_episode_steps=horizon, device=device)
@@ -170,8 +174,11 @@ class TabularMDPDistribution:
     default_episodes = 10
 
     def __init__(self, states: int = 10, actions: int = 5, horizon: int = 10):
-        for key, value, low in (("states", states, 1), ("actions", actions, 2),
-                                ("horizon", horizon, 1)):
+        for key, value, low in (
+            ("states", states, 1),
+            ("actions", actions, 2),
+            ("horizon", horizon, 1),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
                 raise ValueError(f"tabular-mdp {key} must be an integer >= {low}, got {value!r}")
         self.states = int(states)
@@ -185,12 +192,11 @@ class TabularMDPDistribution:
         transitions = rng.dirichlet(np.ones(s), size=(n, s, a)).astype(np.float32)
         # Renormalise after the float32 cast so rows sum to 1 to float32 precision.
         transitions /= transitions.sum(axis=-1, keepdims=True)
-        return MDPTasks(reward_mean=torch.from_numpy(reward_mean),
-                        transitions=torch.from_numpy(transitions))
+        return MDPTasks(
+            reward_mean=torch.from_numpy(reward_mean), transitions=torch.from_numpy(transitions)
+        )
 
-    def make_batched_env(
-        self, num_envs: int, device: torch.device | str = "cpu"
-    ) -> TabularMDPEnv:
+    def make_batched_env(self, num_envs: int, device: torch.device | str = "cpu") -> TabularMDPEnv:
         """A :class:`TabularMDPEnv` with ``num_envs`` rows on ``device``."""
         return TabularMDPEnv(num_envs, self.states, self.actions, self.horizon, device)
 
@@ -219,7 +225,9 @@ class TabularMDPDistribution:
         from envs.mdp_baselines import MDP_BASELINES, MDP_HYPERPARAMETERS
 
         # partial, not a lambda, so that the factories pickle (process-based workers).
-        out: dict[str, Callable[[], Policy]] = {"oracle": functools.partial(MDPOracle, self.horizon)}
+        out: dict[str, Callable[[], Policy]] = {
+            "oracle": functools.partial(MDPOracle, self.horizon)
+        }
         sizes = (self.states, self.actions, self.horizon, episodes)
         for name, cls in MDP_BASELINES.items():
             if name == "random":
@@ -227,26 +235,36 @@ class TabularMDPDistribution:
             if name in MDP_HYPERPARAMETERS:
                 out[name] = functools.partial(_tuned_mdp_baseline, name, *sizes)
             else:
-                out[name] = functools.partial(cls, self.states, self.actions, self.horizon, episodes)
+                out[name] = functools.partial(
+                    cls, self.states, self.actions, self.horizon, episodes
+                )
         return out
 
 
 @functools.lru_cache(maxsize=64)
-def tuned_mdp_hyperparameter(name: str, states: int, actions: int, horizon: int, episodes: int) -> float:
+def tuned_mdp_hyperparameter(
+    name: str, states: int, actions: int, horizon: int, episodes: int
+) -> float:
     """The value of ``name``'s hyperparameter tuned on 200 training tasks (cached)."""
     from envs.mdp_baselines import tune_mdp_baseline
     from metarl.tasks import TRAIN_STREAM, task_rng
 
     dist = TabularMDPDistribution(states=states, actions=actions, horizon=horizon)
     tasks = dist.sample_tasks(200, task_rng(0, TRAIN_STREAM, 10**9))
-    return tune_mdp_baseline(name, tasks, horizon, episodes, generator=torch.Generator().manual_seed(0))
+    return tune_mdp_baseline(
+        name, tasks, horizon, episodes, generator=torch.Generator().manual_seed(0)
+    )
 
 
-def _tuned_mdp_baseline(name: str, states: int, actions: int, horizon: int, episodes: int) -> Policy:
+def _tuned_mdp_baseline(
+    name: str, states: int, actions: int, horizon: int, episodes: int
+) -> Policy:
     from envs.mdp_baselines import MDP_BASELINES, MDP_HYPERPARAMETERS
 
     value = tuned_mdp_hyperparameter(name, states, actions, horizon, episodes)
-    return MDP_BASELINES[name](states, actions, horizon, episodes, **{MDP_HYPERPARAMETERS[name]: value})
+    return MDP_BASELINES[name](
+        states, actions, horizon, episodes, **{MDP_HYPERPARAMETERS[name]: value}
+    )
 
 
 class TabularMDPGymEnv(BatchedEnvView):
@@ -262,7 +280,10 @@ class TabularMDPGymEnv(BatchedEnvView):
     distribution_cls = TabularMDPDistribution
 
     def __init__(
-        self, states: int = 10, actions: int = 5, horizon: int = 10,
+        self,
+        states: int = 10,
+        actions: int = 5,
+        horizon: int = 10,
         render_mode: str | None = None,
     ):
         super().__init__(
