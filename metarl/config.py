@@ -62,6 +62,16 @@ class TrainConfig:
     """On a NaN/inf loss or gradient: ``stop`` (keep the last good checkpoint) or ``skip``."""
     threads: int = 0
     """torch intra-op threads (0: torch's default)."""
+    sampler: str = "local"
+    """Where gymnasium task envs run: ``local`` (in this process), ``process``
+    (``AsyncVectorEnv`` worker processes) or ``ray`` (Ray actors; needs the ``ray`` extra).
+    Tensor envs always run locally, batched."""
+    workers: int = 1
+    """Number of sampler shards (processes or Ray actors)."""
+    ray_address: str | None = None
+    """Ray cluster address for ``sampler=ray`` (None: start or join a local cluster)."""
+    worker_timeout: float = 300.0
+    """Seconds to wait for one shard of trajectories before declaring its worker dead."""
 
     def __post_init__(self) -> None:
         if self.iterations < 1:
@@ -70,6 +80,10 @@ class TrainConfig:
             raise ValueError(
                 "train.eval_every must be >= 0, train.eval_tasks and train.checkpoint_every >= 1"
             )
+        if self.sampler not in ("local", "process", "ray"):
+            raise ValueError(f"train.sampler must be local, process or ray, got {self.sampler!r}")
+        if self.workers < 1 or self.worker_timeout <= 0:
+            raise ValueError("train.workers must be >= 1 and train.worker_timeout > 0")
         if self.nan_policy not in ("stop", "skip"):
             raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
         if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
