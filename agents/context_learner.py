@@ -69,6 +69,9 @@ class ContextConfig:
     """TRPO trust-region radius on the mean KL."""
     damping: float = 0.1
     """TRPO Fisher-vector-product damping."""
+    obs_embed: int = 0
+    """If > 0, observations pass through a Linear+ReLU of this width before the sequence
+    model (for rich views such as the maze's rays); 0 feeds them raw."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -186,7 +189,7 @@ class ContextLearner(Learner):
         self.problem = problem
         self.config = config
         self.device = torch.device(device)
-        encoder = ContextEncoder(problem.observation_space, problem.action_space)
+        encoder = ContextEncoder(problem.observation_space, problem.action_space, config.obs_embed)
         seq_len = problem.max_trial_steps
         trunk = self.build_trunk(encoder.output_size, seq_len)
         # TRPO constrains the policy alone, so the value function gets its own trunk;
@@ -356,8 +359,16 @@ class ContextLearner(Learner):
     def evaluate(self, tasks: Any, generator: torch.Generator) -> dict[str, Curve]:
         self.net.eval()
         batch = self.problem.collect(self.policy, tasks, generator)
-        returns = batch.episode_returns(self.problem.episodes).cpu()
-        return {self.name: Curve(list(range(1, self.problem.episodes + 1)), returns, "episode")}
+        episodes = self.problem.episodes
+        return {
+            self.name: Curve(
+                list(range(1, episodes + 1)),
+                batch.episode_returns(episodes).cpu(),
+                "episode",
+                lengths=batch.episode_lengths(episodes).cpu(),
+                batch=batch,
+            )
+        }
 
     @property
     def name(self) -> str:

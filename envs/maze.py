@@ -53,6 +53,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
@@ -750,6 +751,34 @@ class MazeDistribution:
         steps = shortest_path_actions(tasks).float()
         reached = 1.0 - self.step_penalty * (steps - 1)
         return torch.where(steps <= self.max_steps, reached, -self.step_penalty * self.max_steps)
+
+    def trial_images(self, tasks: MazeTasks, batch: Any, count: int = 4) -> list[np.ndarray]:
+        """Top-down drawings of the first ``count`` trials of ``batch``, episodes side by side.
+
+        The maze is deterministic given the task, so replaying the recorded actions
+        reproduces the visited cells exactly (like the SNAIL paper's Figure 5).
+        """
+        count = min(count, len(tasks), batch.num_trials)
+        sub = tasks[:count]
+        env = self.make_batched_env(count, "cpu")
+        env.set_tasks(sub)
+        env.reset(seed=0)
+        episodes = int(batch.episode_index.max()) + 1
+        paths = [[[] for _ in range(episodes)] for _ in range(count)]
+        start = env.agent_cell.clone()
+        for t in range(batch.num_steps):
+            for b in range(count):
+                if bool(batch.valid[t, b]) and bool(batch.episode_start[t, b]):
+                    paths[b][int(batch.episode_index[t, b])].append(tuple(start[b].tolist()))
+            out = env.step(batch.action[t, :count].cpu())
+            cells = env.agent_cell
+            for b in range(count):
+                if bool(batch.valid[t, b]):
+                    paths[b][int(batch.episode_index[t, b])].append(tuple(cells[b].tolist()))
+            done = out.terminated | out.truncated
+            if bool(done.any()):
+                env.reset(mask=done)
+        return [draw_trial_paths(sub[b], paths[b]) for b in range(count)]
 
     def baselines(self) -> dict[str, Callable[[], Policy]]:
         """Reference policies.

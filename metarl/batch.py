@@ -160,6 +160,13 @@ class TrajectoryBatch:
         out.scatter_add_(0, index, self.reward * self.valid)
         return out
 
+    def episode_lengths(self, episodes: int) -> torch.Tensor:
+        """Number of steps of each episode of each trial, ``[episodes, B]``."""
+        index = self.episode_index.clamp(0, episodes - 1)
+        out = torch.zeros(episodes, self.num_trials, device=self.reward.device)
+        out.scatter_add_(0, index, self.valid.to(out.dtype))
+        return out
+
     def trial_returns(self) -> torch.Tensor:
         """Undiscounted return of each trial, ``[B]``."""
         return (self.reward * self.valid).sum(0)

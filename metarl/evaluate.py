@@ -44,7 +44,13 @@ def baseline_curves(problem: Any, tasks: Any, generator: torch.Generator) -> dic
     x = list(range(1, problem.episodes + 1))
     for name, factory in problem.baselines().items():
         batch = problem.collect(factory(), tasks, generator)
-        curves[name] = Curve(x, batch.episode_returns(problem.episodes).cpu(), "episode")
+        curves[name] = Curve(
+            x,
+            batch.episode_returns(problem.episodes).cpu(),
+            "episode",
+            lengths=batch.episode_lengths(problem.episodes).cpu(),
+            batch=batch,
+        )
     return curves
 
 
@@ -74,6 +80,17 @@ def write_outputs(
             writer.writerow(
                 [name, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", norm, curve.values.shape[1]]
             )
+    if any(c.lengths is not None for c in curves.values()):
+        with open(out / "episode_lengths.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["learner", "episode", "mean_length", "ci_low", "ci_high", "n_tasks"])
+            for name, curve in curves.items():
+                if curve.lengths is None:
+                    continue
+                for i, x in enumerate(curve.x):
+                    m, lo, hi = mean_ci(curve.lengths[i])
+                    n = curve.lengths.shape[1]
+                    writer.writerow([name, x, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", n])
     _plot(out / "adaptation.png", curves, title)
     from torch.utils.tensorboard import SummaryWriter
 
@@ -108,6 +125,16 @@ def _plot(path: Path, curves: dict[str, Curve], title: str) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def _save_trial_images(out: Path, distribution: Any, tasks: Any, batch: Any, count: int = 4) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for i, image in enumerate(distribution.trial_images(tasks, batch, count)):
+        plt.imsave(out / f"trial_{i}.png", image)
 
 
 def evaluate_run(
@@ -153,5 +180,9 @@ def evaluate_run(
         optimum = problem.distribution.optimal_episode_return(tasks) * problem.episodes
     out_dir = Path(out) if out else run_dir / "eval"
     write_outputs(out_dir, curves, optimum, title=f"{config.algorithm} on {config.environment}")
+    learner_curve = curves[config.algorithm]
+    if hasattr(problem.distribution, "trial_images") and learner_curve.batch is not None:
+        # Envs that can draw trials (the maze: episode paths side by side) get a few PNGs.
+        _save_trial_images(out_dir, problem.distribution, tasks, learner_curve.batch)
     problem.close()
     return curves

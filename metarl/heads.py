@@ -102,13 +102,24 @@ class ContextEncoder(nn.Module):
     and done flag are zero, so the one-hot of action 0 is masked out too.
     """
 
-    def __init__(self, observation_space: gym.spaces.Space, action_space: gym.spaces.Space):
+    def __init__(
+        self,
+        observation_space: gym.spaces.Space,
+        action_space: gym.spaces.Space,
+        obs_embed: int = 0,
+    ):
         super().__init__()
         self.obs_size = int(torch.Size(observation_space.shape).numel())
         size, n, self.discrete = space_dims(action_space)
         self.num_actions = n
         self.action_size = n if self.discrete else size
-        self.output_size = self.obs_size + self.action_size + 2
+        # Rich observations (the maze's ray-cast view) go through a small MLP first, so the
+        # sequence model sees a compact embedding next to the action/reward/done inputs.
+        self.obs_net = (
+            nn.Sequential(nn.Linear(self.obs_size, obs_embed), nn.ReLU()) if obs_embed > 0 else None
+        )
+        obs_out = obs_embed if obs_embed > 0 else self.obs_size
+        self.output_size = obs_out + self.action_size + 2
 
     def forward(
         self,
@@ -124,7 +135,10 @@ class ContextEncoder(nn.Module):
             act = act * (~trial_start).unsqueeze(-1).to(obs.dtype)
         else:
             act = prev_action.reshape(*lead, -1).to(obs.dtype)
+        obs = obs.reshape(*lead, -1)
+        if self.obs_net is not None:
+            obs = self.obs_net(obs)
         return torch.cat(
-            [obs.reshape(*lead, -1), act, prev_reward.unsqueeze(-1), prev_done.unsqueeze(-1)],
+            [obs, act, prev_reward.unsqueeze(-1), prev_done.unsqueeze(-1)],
             dim=-1,
         )

@@ -22,11 +22,15 @@ class Curve:
         x: The x positions (episode index within the trial, gradient step, or shots).
         values: ``[len(x), n_tasks]`` per-task returns (or accuracies) at each x.
         x_label: What x counts, e.g. ``"episode"`` or ``"gradient step"``.
+        lengths: Optional ``[len(x), n_tasks]`` episode lengths (for episode curves).
+        batch: Optional trajectories the curve was measured on (e.g. to draw paths).
     """
 
     x: list[int]
     values: torch.Tensor
     x_label: str
+    lengths: torch.Tensor | None = None
+    batch: Any = dataclasses.field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.values.dim() != 2 or self.values.shape[0] != len(self.x):

@@ -57,6 +57,11 @@ ENVS: dict[str, Entry] = {
             "2D point navigation to a goal ~ U[-0.5,0.5]^2, reward = -distance",
         ),
         Entry(
+            "maze",
+            "envs.maze:MazeDistribution",
+            "perfect-maze navigation from a ray-cast first-person view; explore, then exploit",
+        ),
+        Entry(
             "halfcheetah-dir",
             "envs.mujoco_dirvel:HalfCheetahDirEnv",
             "MuJoCo HalfCheetah (v5), run forward or backward (MAML); needs the mujoco extra",
@@ -92,6 +97,16 @@ ALGOS: dict[str, Entry] = {
             "snail",
             "agents.snail:SNAIL",
             "SNAIL: temporal convolutions + causal attention over the trial; PPO or TRPO",
+        ),
+        Entry(
+            "maml-trpo",
+            "agents.maml:MAMLTRPO",
+            "MAML: policy-gradient inner steps, TRPO outer step through them (second order)",
+        ),
+        Entry(
+            "meta-sgd",
+            "agents.meta_sgd:MetaSGD",
+            "Meta-SGD: MAML-TRPO with a meta-learned per-parameter inner step size",
         ),
     ]
 }

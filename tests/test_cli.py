@@ -383,11 +383,14 @@ def test_nan_reward_from_env_is_named(tmp_path, capsys):
 @pytest.mark.parametrize(
     ("algo", "env", "optimizer"),
     [("snail", "bandit", "ppo"), ("snail", "tabular-mdp", "trpo"), ("snail", "nav2d", "ppo"),
-     ("rl2", "tabular-mdp", "trpo"), ("rl2", "bandit", "vpg")],
+     ("rl2", "tabular-mdp", "trpo"), ("rl2", "bandit", "vpg"), ("rl2", "maze", "ppo"),
+     ("snail", "maze", "ppo")],
 )
 def test_algorithm_smoke(algo, env, optimizer, tmp_path, capsys):
     run_dir = tmp_path / "r"
-    extra = ["--set", "trial.max_episode_steps=8"] if env == "nav2d" else []
+    extra = ["--set", "trial.max_episode_steps=8"] if env in ("nav2d", "maze") else []
+    if env == "maze":
+        extra += ["--set", "algo.obs_embed=16"]
     code, _, err = run(["train", algo, env, "--iterations", "2", "--logdir", str(run_dir),
                         "--set", f"algo.optimizer={optimizer}", "--set", "trial.episodes=3",
                         "--set", "algo.trials_per_iteration=8", "--set", "train.eval_tasks=4",
