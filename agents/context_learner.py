@@ -115,7 +115,9 @@ class ContextPolicyNet(nn.Module):
         return self.value_head(features).squeeze(-1) * self.return_std + self.return_mean
 
     @torch.no_grad()
-    def update_return_stats(self, returns: torch.Tensor, mask: torch.Tensor, decay: float = 0.9) -> None:
+    def update_return_stats(
+        self, returns: torch.Tensor, mask: torch.Tensor, decay: float = 0.9
+    ) -> None:
         """Moves the running return mean/std towards this batch's (first batch: set)."""
         mean = masked_mean(returns, mask)
         std = masked_mean((returns - mean).pow(2), mask).sqrt().clamp_min(1e-3)
@@ -250,7 +252,9 @@ class ContextLearner(Learner):
             adv = (adv - mean) / (std + 1e-8)
         return adv, ret
 
-    def _value_loss(self, value: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def _value_loss(
+        self, value: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Squared error on the standardised scale (see ``ContextPolicyNet.value``)."""
         return masked_mean(((value - returns) / self.net.return_std).pow(2), mask)
 

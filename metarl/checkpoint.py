@@ -45,6 +45,10 @@ def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+    # A process killed mid-write leaves its temporary file behind; it never becomes the
+    # checkpoint, so it is only clutter. (One trainer per run directory: see Runner's lock.)
+    for stale in path.parent.glob(f".{path.name}.tmp-*"):
+        stale.unlink(missing_ok=True)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

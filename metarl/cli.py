@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import signal
 import sys
 from pathlib import Path
 
@@ -20,6 +21,14 @@ RUN_ERROR = 1
 
 class UsageError(Exception):
     """Bad usage or input: exit 2 with one line."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM during training, raised like Ctrl-C so the run is recorded as interrupted."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 class _Parser(argparse.ArgumentParser):
@@ -95,10 +104,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.logdir:
             raise UsageError("--resume needs --logdir RUN_DIR")
-        if args.config or args.sets:
+        if args.config or args.sets or args.seed is not None:
             raise UsageError(
                 "--resume takes its configuration from RUN_DIR/config.yaml; "
-                "drop --config/--set (only --iterations may change)"
+                "drop --config/--set/--seed (only --iterations and --device may change)"
             )
         cfg_path = Path(args.logdir) / "config.yaml"
         if not cfg_path.exists():
@@ -124,6 +133,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
         safe_env = config.environment.replace("/", "_").replace(":", "_")
         run_dir = Path("runs") / f"{config.algorithm}-{safe_env}-seed{config.train.seed}-{stamp}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UsageError(f"--logdir {run_dir} exists and is not a directory")
     if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
         raise UsageError(
             f"run directory {run_dir} already exists; use --resume or another --logdir"
@@ -184,18 +195,28 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("envs", "algos"):
             return cmd_list(args.command)
         if args.command == "train":
-            return cmd_train(args)
+            # SIGTERM (a scheduler, `kill`) ends training like Ctrl-C: the run is recorded as
+            # interrupted and the last checkpoint kept. Restored after, for in-process callers.
+            previous = _install_sigterm()
+            try:
+                return cmd_train(args)
+            finally:
+                _restore_sigterm(previous)
         if args.command == "eval":
             return cmd_eval(args)
         return cmd_check_env(args)
     except (UsageError, ConfigError, registry.RegistryError, CheckpointError) as e:
         return _fail(str(e), USAGE_ERROR)
+    except Terminated:
+        return _fail("terminated (SIGTERM); continue with --resume --logdir RUN_DIR", 143)
     except KeyboardInterrupt:
-        return _fail("interrupted; resume with --resume", 130)
+        return _fail("interrupted; continue with --resume --logdir RUN_DIR", 130)
+    except RecursionError:
+        return _fail("input nested too deeply", USAGE_ERROR)
     except Exception as e:
-        from metarl.runner import EnvError, TrainingError
+        from metarl.runner import EnvError, RunDirError, TrainingError
 
-        if isinstance(e, EnvError):
+        if isinstance(e, EnvError | RunDirError):
             return _fail(str(e), USAGE_ERROR)
         if isinstance(e, TrainingError):
             return _fail(str(e), RUN_ERROR)
@@ -209,8 +230,23 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"{type(e).__name__}: {e}".splitlines()[0], RUN_ERROR)
 
 
+def _install_sigterm():
+    try:
+        return signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        return None
+
+
+def _restore_sigterm(previous) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def _fail(message: str, code: int) -> int:
-    print(f"metarl: error: {message}", file=sys.stderr)
+    # The contract is exactly one line: user-controlled text (keys, values, file names)
+    # may contain newlines, so every run of whitespace becomes one space.
+    one_line = " ".join(str(message).split()) or "unknown error"
+    print(f"metarl: error: {one_line}", file=sys.stderr)
     return code
 
 

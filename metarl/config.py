@@ -8,8 +8,9 @@ A run's configuration has four sections:
 * ``train.*``: :class:`TrainConfig` (iterations, evaluation, checkpoints, device, seed).
 
 Every key is checked against the dataclass fields or constructor signature; unknown keys
-are rejected with a did-you-mean hint and wrong types with the expected type. YAML is read
-with ``yaml.safe_load`` only.
+are rejected with a did-you-mean hint and wrong types with the expected type; integers must
+fit in 64 bits and floats must be finite. YAML is read with a ``yaml.SafeLoader`` subclass
+only (``safe_load`` semantics: Python tags such as ``!!python/object`` are refused).
 """
 
 from __future__ import annotations
@@ -17,6 +18,9 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import inspect
+import math
+import re
+import reprlib
 import types
 import typing
 from pathlib import Path
@@ -26,6 +30,26 @@ import yaml
 
 SECTIONS = ("env", "trial", "algo", "train")
 TOP_LEVEL = ("algorithm", "environment", *SECTIONS)
+
+#: Integers must fit in a signed 64-bit word: torch, numpy and the seed derivation cannot
+#: represent larger ones and would fail deep inside training instead of here.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+#: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; anything else makes ``torch.device`` raise later.
+DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 6
+_REPR.maxlevel = 3
+
+
+def short_repr(value: Any) -> str:
+    """A bounded ``repr`` for error messages.
+
+    YAML aliases can build values whose full repr is exponentially long (``&a [*a, *a]``
+    nested a few levels), and a message must stay one short line.
+    """
+    return _REPR.repr(value)
 
 
 class ConfigError(ValueError):
@@ -74,20 +98,30 @@ class TrainConfig:
     """Seconds to wait for one shard of trajectories before declaring its worker dead."""
 
     def __post_init__(self) -> None:
-        if self.iterations < 1:
-            raise ValueError(f"train.iterations must be >= 1, got {self.iterations}")
-        if self.eval_every < 0 or self.eval_tasks < 1 or self.checkpoint_every < 1:
-            raise ValueError(
-                "train.eval_every must be >= 0, train.eval_tasks and train.checkpoint_every >= 1"
-            )
+        minimum = {
+            "iterations": 1,
+            "seed": 0,
+            "eval_every": 0,
+            "eval_tasks": 1,
+            "checkpoint_every": 1,
+            "threads": 0,
+            "workers": 1,
+        }
+        for name, low in minimum.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"train.{name} must be >= {low}, got {getattr(self, name)}")
+        if not self.worker_timeout > 0:
+            raise ValueError(f"train.worker_timeout must be > 0, got {self.worker_timeout}")
         if self.sampler not in ("local", "process", "ray"):
-            raise ValueError(f"train.sampler must be local, process or ray, got {self.sampler!r}")
-        if self.workers < 1 or self.worker_timeout <= 0:
-            raise ValueError("train.workers must be >= 1 and train.worker_timeout > 0")
+            raise ValueError(
+                f"train.sampler must be local, process or ray, got {short_repr(self.sampler)}"
+            )
         if self.nan_policy not in ("stop", "skip"):
-            raise ValueError(f"train.nan_policy must be 'stop' or 'skip', got {self.nan_policy!r}")
-        if not (self.device == "cpu" or self.device.startswith("cuda") or self.device == "mps"):
-            raise ValueError(f"train.device must be cpu or cuda[:N], got {self.device!r}")
+            raise ValueError(
+                f"train.nan_policy must be 'stop' or 'skip', got {short_repr(self.nan_policy)}"
+            )
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ValueError(f"train.device must be cpu or cuda[:N], got {short_repr(self.device)}")
 
 
 @dataclasses.dataclass
@@ -113,20 +147,58 @@ class RunConfig:
 
 
 # ---------------------------------------------------------------------------- parsing
+class _SafeLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that also reads ``1e-3`` and ``1.0e5`` as floats.
+
+    PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so
+    ``--set algo.lr=1e-3`` would arrive as the string ``'1e-3'``. Only a resolver is added:
+    the loader still constructs nothing but plain scalars, lists and mappings.
+    """
+
+
+_SafeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def safe_load(text: str) -> Any:
+    """Parses YAML with the safe loader (no Python tags, no code execution).
+
+    Raises:
+        yaml.YAMLError: On malformed YAML or a tag outside the YAML core schema.
+        RecursionError: On pathologically deep nesting.
+    """
+    return yaml.load(text, Loader=_SafeLoader)  # a SafeLoader subclass: no Python tags
+
+
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """One line describing a YAML error (without PyYAML's multi-line excerpt)."""
+    problem = getattr(e, "problem", None) or (str(e).splitlines() or [type(e).__name__])[0]
+    tag = re.search(r"tag '([^']*)'", problem)
+    if isinstance(e, yaml.constructor.ConstructorError) and tag:
+        return f"tag {tag.group(1)!r} is not allowed (configs are plain YAML, loaded safely)"
+    return problem
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Reads a config file with the safe loader; errors name the file and line."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path} is not UTF-8 text (byte {e.start})") from None
     except OSError as e:
-        raise ConfigError(f"cannot read config {path}: {e.strerror}") from None
+        raise ConfigError(f"cannot read config {path}: {e.strerror or e}") from None
     try:
-        data = yaml.safe_load(text)
+        data = safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"malformed YAML in {path}{where}: {problem}") from None
+        raise ConfigError(f"malformed YAML in {path}{where}: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"malformed YAML in {path}: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -135,29 +207,38 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
 
 
 def parse_set(item: str) -> tuple[str, str, Any]:
-    """Parses ``section.key=value`` (the value as a YAML scalar or flow collection)."""
+    """Parses ``section.key=value`` (the value as a YAML scalar or flow collection).
+
+    Raises:
+        ConfigError: If the item is not ``section.key=value``, the section is unknown or
+            the value is not valid (safe) YAML.
+    """
+    shown = short_repr(item)
     if "=" not in item:
-        raise ConfigError(f"--set {item!r}: expected section.key=value")
+        raise ConfigError(f"--set {shown}: expected section.key=value")
     key, _, raw = item.partition("=")
     key = key.strip()
     if key.count(".") != 1:
         raise ConfigError(
-            f"--set {item!r}: key must be section.key with section in {', '.join(SECTIONS)}"
+            f"--set {shown}: key must be section.key with section in {', '.join(SECTIONS)}"
         )
     section, name = key.split(".")
     if section not in SECTIONS:
-        raise ConfigError(
-            _did_you_mean(f"--set {item!r}: unknown section {section!r}", section, SECTIONS)
-        )
+        message = f"--set {shown}: unknown section {short_repr(section)}"
+        raise ConfigError(_did_you_mean(message, section, SECTIONS))
+    if not name:
+        raise ConfigError(f"--set {shown}: empty key after {section}.")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        value = safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"--set {shown}: value is not valid YAML: {_yaml_problem(e)}") from None
+    except RecursionError:
+        raise ConfigError(f"--set {shown}: value is nested too deeply") from None
     return section, name, value
 
 
-def _did_you_mean(message: str, name: str, options) -> str:
-    hint = difflib.get_close_matches(name, list(options), n=1)
+def _did_you_mean(message: str, name: Any, options) -> str:
+    hint = difflib.get_close_matches(str(name), [str(o) for o in options], n=1)
     return (
         f"{message}; did you mean {hint[0]!r}?"
         if hint
@@ -209,14 +290,24 @@ def check_fields(section: str, values: dict[str, Any], fields: dict[str, Any]) -
     """Validates keys and value types of one section against ``fields`` (name → type)."""
     out = {}
     for key, value in values.items():
-        if key not in fields:
-            raise ConfigError(_did_you_mean(f"unknown key {section}.{key}", key, fields))
+        if not isinstance(key, str) or key not in fields:
+            raise ConfigError(
+                _did_you_mean(f"unknown key {section}.{short_repr(key)}", key, fields)
+            )
         ok, coerced = _type_ok(value, fields[key])
         if not ok:
             raise ConfigError(
                 f"{section}.{key} must be {_type_name(fields[key])}, "
-                f"got {value!r} ({type(value).__name__})"
+                f"got {short_repr(value)} ({type(value).__name__})"
             )
+        if isinstance(coerced, int) and not isinstance(coerced, bool):
+            if not INT_MIN <= coerced <= INT_MAX:
+                raise ConfigError(
+                    f"{section}.{key} = {short_repr(coerced)} is out of range "
+                    "(integers must fit in 64 bits)"
+                )
+        elif isinstance(coerced, float) and not math.isfinite(coerced):
+            raise ConfigError(f"{section}.{key} must be a finite number, got {coerced}")
         out[key] = coerced
     return out
 
@@ -264,10 +355,12 @@ def build_run_config(
     Returns:
         (config, env class, learner class).
     """
-    unknown = set(file_data) - set(TOP_LEVEL)
+    unknown = [k for k in file_data if k not in TOP_LEVEL]
     if unknown:
-        key = sorted(unknown)[0]
-        raise ConfigError(_did_you_mean(f"unknown top-level key {key!r} in config", key, TOP_LEVEL))
+        key = unknown[0]  # keys may be of any YAML type, so no sorting
+        raise ConfigError(
+            _did_you_mean(f"unknown top-level key {short_repr(key)} in config", key, TOP_LEVEL)
+        )
     for section in SECTIONS:
         if file_data.get(section) is not None and not isinstance(file_data[section], dict):
             raise ConfigError(f"config section {section!r} must be a mapping")
@@ -283,6 +376,9 @@ def build_run_config(
         raise ConfigError(
             "give ALGO and ENV on the command line or as algorithm/environment in --config"
         )
+    for key, value in (("algorithm", algorithm), ("environment", environment)):
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a name (str), got {short_repr(value)}")
 
     env_cls = resolve_env(str(environment))
     learner_cls = resolve_algo(str(algorithm))

@@ -127,7 +127,9 @@ def _plot(path: Path, curves: dict[str, Curve], title: str) -> None:
     plt.close(fig)
 
 
-def _save_trial_images(out: Path, distribution: Any, tasks: Any, batch: Any, count: int = 4) -> None:
+def _save_trial_images(
+    out: Path, distribution: Any, tasks: Any, batch: Any, count: int = 4
+) -> None:
     import matplotlib
 
     matplotlib.use("Agg")

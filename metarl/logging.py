@@ -32,23 +32,22 @@ class MetricsLogger:
 
     Args:
         run_dir: The run directory.
-        start_iteration: First iteration to be logged; existing rows at or past it (from
-            work lost in a crash) are removed.
+        start_iteration: First iteration to be logged; existing rows at or past it (work
+            lost in a crash: logged after the last checkpoint) are removed.
+        resume: Continuing an interrupted run. Also when ``start_iteration`` is 0 (a run
+            killed before its first checkpoint), old rows and TensorBoard events are then
+            discarded instead of duplicated.
     """
 
-    def __init__(self, run_dir: str | Path, start_iteration: int = 0):
+    def __init__(self, run_dir: str | Path, start_iteration: int = 0, resume: bool = False):
         self.path = Path(run_dir) / "metrics.csv"
         self.rows: list[dict[str, str]] = []
         self.columns: list[str] = ["iteration"]
         if self.path.exists() and start_iteration > 0:
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                self.columns = list(reader.fieldnames or ["iteration"])
-                self.rows = [r for r in reader if int(float(r["iteration"])) < start_iteration]
+            self.columns, self.rows = _read_rows(self.path, start_iteration)
         self._rewrite()
-        self.writer = SummaryWriter(
-            str(run_dir), purge_step=start_iteration if start_iteration else None
-        )
+        purge = start_iteration if (start_iteration or resume) else None
+        self.writer = SummaryWriter(str(run_dir), purge_step=purge)
 
     def _rewrite(self) -> None:
         tmp = self.path.with_suffix(".csv.tmp")
@@ -76,3 +75,26 @@ class MetricsLogger:
 
     def close(self) -> None:
         self.writer.close()
+
+
+def _read_rows(path: Path, before: int) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and the rows of iterations ``< before``, one per iteration, in order.
+
+    Tolerates what a crash can leave behind: a row cut short (fewer fields than the
+    header, or an unparsable iteration) is dropped, and if an iteration appears twice the
+    later row wins.
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        columns = list(reader.fieldnames or ["iteration"])
+        by_iteration: dict[int, dict[str, str]] = {}
+        for row in reader:
+            if None in row.values() or None in row:
+                continue  # torn row: too few or too many fields
+            try:
+                it = int(float(row["iteration"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if 0 <= it < before:
+                by_iteration[it] = row
+    return columns, [by_iteration[i] for i in sorted(by_iteration)]

@@ -4,6 +4,11 @@
 ``make_batched_env``) steps all rows in torch; any other task env, a ``gymnasium.Env``
 with ``sample_tasks`` and ``set_task`` (MuJoCo envs, users' envs), runs through
 :class:`~metarl.vector.GymVectorTaskEnv`. Learners only call :meth:`RLProblem.collect`.
+
+Gymnasium task envs are collected by a :mod:`metarl.samplers` backend: ``local`` (in this
+process), ``process`` (worker processes) or ``ray`` (Ray actors), sharded over ``workers``;
+see that module for the sharding, determinism and fault-handling rules. Batched
+distributions always step locally, in one torch op per step.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from metarl.baselines import RandomPolicy
 from metarl.batch import TrajectoryBatch
 from metarl.collect import Collector
 from metarl.policy import Policy
+from metarl.samplers import Sampler, TaskVectorEnv, make_sampler
 from metarl.tasks import sample_test_tasks, sample_train_tasks
-from metarl.vector import BatchedTaskEnv, GymVectorTaskEnv
+from metarl.vector import BatchedTaskEnv
 
 
 class RLProblem:
@@ -33,7 +39,16 @@ class RLProblem:
         max_episode_steps: Optional per-episode time limit below the env's own.
         env_factory: For gymnasium task envs, builds a fresh env (one per vector slot).
         max_width: Largest number of rows stepped at once; larger task sets are split.
-        asynchronous: Run gymnasium envs in worker processes (``AsyncVectorEnv``).
+        asynchronous: With the ``local`` sampler, step gymnasium envs in one process per
+            env (``AsyncVectorEnv``).
+        sampler: Where gymnasium task envs run: ``local``, ``process`` or ``ray``
+            (ignored for batched distributions, which always run locally).
+        workers: Shards per collection, and worker processes or actors for ``process``
+            and ``ray``. ``local`` with ``workers > 1`` shards in this process, giving the
+            same batches as the other backends with the same ``workers``.
+        ray_address: Ray cluster address for ``sampler="ray"`` (None: start or join a
+            local cluster).
+        worker_timeout: Seconds a worker may take for one shard before it is replaced.
     """
 
     def __init__(
@@ -45,6 +60,10 @@ class RLProblem:
         env_factory: Callable[[], gym.Env] | None = None,
         max_width: int | None = None,
         asynchronous: bool = False,
+        sampler: str = "local",
+        workers: int = 1,
+        ray_address: str | None = None,
+        worker_timeout: float = 300.0,
     ):
         self.distribution = distribution
         self.episodes = int(episodes)
@@ -63,6 +82,20 @@ class RLProblem:
         self.max_episode_steps = min(
             max_episode_steps or probe.max_episode_steps, probe.max_episode_steps
         )
+        self.sampler: Sampler | None = None
+        if not self.batched:
+            self.sampler = make_sampler(
+                sampler,
+                env_factory=env_factory,
+                env_for_width=self._env,
+                env_max_episode_steps=self._gym_env_steps(),
+                max_episode_steps=self.max_episode_steps,
+                max_width=self.max_width,
+                workers=workers,
+                ray_address=ray_address,
+                worker_timeout=worker_timeout,
+                device=self.device,
+            )
 
     @property
     def max_trial_steps(self) -> int:
@@ -74,14 +107,16 @@ class RLProblem:
             if self.batched:
                 env = self.distribution.make_batched_env(width, self.device)
             else:
-                steps = int(getattr(self.distribution, "max_episode_steps", 0) or 0) or _spec_steps(
-                    self.distribution
-                )
-                env = GymVectorTaskEnv(
-                    self.env_factory, width, steps, self.device, self.asynchronous
+                env = TaskVectorEnv(
+                    self.env_factory, width, self._gym_env_steps(), self.device, self.asynchronous
                 )
             self._envs[width] = env
         return self._envs[width]
+
+    def _gym_env_steps(self) -> int:
+        """A gymnasium task env's own time limit."""
+        steps = int(getattr(self.distribution, "max_episode_steps", 0) or 0)
+        return steps or _spec_steps(self.distribution)
 
     def sample_train_tasks(self, n: int, seed: int, iteration: int) -> Sequence[Any]:
         return sample_train_tasks(self.distribution, n, seed, iteration)
@@ -96,8 +131,14 @@ class RLProblem:
         generator: torch.Generator,
         episodes: int | None = None,
     ) -> TrajectoryBatch:
-        """One trial per task (split into chunks of at most ``max_width`` rows)."""
+        """One trial per task, rows in task order.
+
+        Batched distributions step in chunks of at most ``max_width`` rows here; gymnasium
+        task envs go through the sampler (:mod:`metarl.samplers`).
+        """
         episodes = self.episodes if episodes is None else episodes
+        if self.sampler is not None:
+            return self.sampler.collect(policy, tasks, generator, episodes)
         n = len(tasks)
         chunks = []
         for start in range(0, n, self.max_width):
@@ -120,6 +161,9 @@ class RLProblem:
         return out
 
     def close(self) -> None:
+        """Stops sampler workers and closes the envs."""
+        if self.sampler is not None:
+            self.sampler.close()
         for env in self._envs.values():
             env.close()
         self._envs.clear()

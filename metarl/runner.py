@@ -15,6 +15,11 @@ import json
 import math
 import os
 import time
+
+try:  # advisory run-directory lock; POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +43,10 @@ class TrainingError(RuntimeError):
 
 class EnvError(ValueError):
     """A task distribution could not be built or used."""
+
+
+class RunDirError(ValueError):
+    """The run directory cannot be written, or another process is training in it."""
 
 
 def build_problem(config: RunConfig, env_cls: Any, device: torch.device) -> RLProblem:
@@ -131,33 +140,88 @@ class Runner:
         self.device = torch.device(config.train.device)
         if self.device.type == "cuda" and not torch.cuda.is_available():
             raise EnvError("train.device is cuda but torch sees no CUDA device")
+        if self.device.type == "mps" and not torch.backends.mps.is_available():
+            raise EnvError("train.device is mps but torch sees no MPS device")
         self.problem = build_problem(config, env_cls, self.device)
         self.learner = build_learner(config, learner_cls, self.problem, self.device)
         self.start_iteration = 0
         self.elapsed = 0.0
+        self.resume = resume
         if resume:
-            state = load_checkpoint(self.run_dir / CHECKPOINT, map_location=self.device)
-            try:
-                self.learner.load_state_dict(state["learner"])
-                self.start_iteration = int(state["iteration"])
-                self.elapsed = float(state.get("elapsed", 0.0))
-            except (KeyError, RuntimeError, ValueError, TypeError) as e:
-                first = str(e).splitlines()[0] if str(e) else type(e).__name__
-                raise CheckpointError(
-                    f"checkpoint does not fit this run's learner: {first}"
-                ) from None
+            self._load_for_resume()
+        #: Iteration count stored in the newest checkpoint on disk (what a resume restarts at).
+        self.checkpointed = self.start_iteration
+        self._lock_file: Any = None
         self.test_tasks = self.problem.sample_test_tasks(config.train.eval_tasks, config.train.seed)
 
+    def _load_for_resume(self) -> None:
+        """Restores the learner and iteration counter from ``checkpoints/last.pt``.
+
+        A run killed before its first checkpoint saved no progress; it restarts from
+        iteration 0, which is exactly what the uninterrupted run did, so the result is the
+        same. A checkpoint written under a different configuration, or past
+        ``train.iterations``, is refused rather than silently continued.
+        """
+        path = self.run_dir / CHECKPOINT
+        if not path.exists():
+            print(
+                f"metarl: no checkpoint in {self.run_dir} yet; starting from iteration 0",
+                flush=True,
+            )
+            return
+        state = load_checkpoint(path, map_location=self.device)
+        saved = state.get("config")
+        if isinstance(saved, dict):
+            mismatch = config_mismatch(saved, self.config.to_dict())
+            if mismatch:
+                raise CheckpointError(
+                    f"checkpoint {path} belongs to a different configuration ({mismatch})"
+                )
+        try:
+            self.learner.load_state_dict(state["learner"])
+            self.start_iteration = int(state["iteration"])
+            self.elapsed = float(state.get("elapsed", 0.0))
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(f"checkpoint does not fit this run's learner: {first}") from None
+        if self.start_iteration > self.config.train.iterations:
+            raise CheckpointError(
+                f"checkpoint {path} is at iteration {self.start_iteration}, past "
+                f"train.iterations={self.config.train.iterations}; "
+                f"pass --iterations {self.start_iteration} or more"
+            )
+
     def _status(self, status: str, **extra: Any) -> None:
+        # pid and time tell a reader whether "running" is current: a SIGKILLed process
+        # cannot update run.json, but its lock on RUN_DIR/.lock is released by the kernel.
         info = {
             "status": status,
             "algorithm": self.config.algorithm,
             "environment": self.config.environment,
+            "pid": os.getpid(),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **extra,
         }
-        tmp = self.run_dir / ".run.json.tmp"
-        tmp.write_text(json.dumps(info, indent=2) + "\n")
-        os.replace(tmp, self.run_dir / "run.json")
+        atomic_write_text(self.run_dir / "run.json", json.dumps(info, indent=2) + "\n")
+
+    def _lock(self) -> None:
+        """Takes an exclusive lock on the run directory (two trainers would interleave)."""
+        if fcntl is None:
+            return
+        lock = open(self.run_dir / ".lock", "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            lock.close()
+            raise RunDirError(
+                f"run directory {self.run_dir} is in use by another metarl process"
+            ) from None
+        self._lock_file = lock
+
+    def _unlock(self) -> None:
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
 
     def _save(self, iteration: int) -> None:
         save_checkpoint(
@@ -178,15 +242,34 @@ class Runner:
         return mean_curve_metrics("meta_test", curves, self.learner.registered_name, self.learner)
 
     def run(self) -> dict[str, float]:
-        """Trains until ``train.iterations``; returns the last logged metrics."""
+        """Trains until ``train.iterations``; returns the last logged metrics.
+
+        ``run.json`` says ``running`` while training, ``complete`` only once every
+        iteration ran and the final checkpoint is on disk, ``failed`` or ``interrupted``
+        (with the iteration of the last checkpoint) when an exception ends the run.
+
+        Raises:
+            RunDirError: If the run directory cannot be written or is locked by another run.
+            TrainingError: On a non-finite loss with ``train.nan_policy=stop``.
+        """
         cfg = self.config.train
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.yaml").write_text(dump_yaml(self.config))
-        self._status("running", iteration=self.start_iteration)
-        logger = MetricsLogger(self.run_dir, self.start_iteration)
-        bar = _progress(self.start_iteration, cfg.iterations, self.progress)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock()
+            # Atomic: a kill mid-write must not leave a truncated config.yaml that still
+            # parses (missing sections would silently fall back to defaults on --resume).
+            atomic_write_text(self.run_dir / "config.yaml", dump_yaml(self.config))
+            self._status("running", iteration=self.start_iteration)
+        except OSError as e:
+            self._unlock()
+            raise RunDirError(
+                f"cannot write run directory {self.run_dir}: {e.strerror or e}"
+            ) from None
+        logger = bar = None
         last: dict[str, float] = {}
         try:
+            logger = MetricsLogger(self.run_dir, self.start_iteration, resume=self.resume)
+            bar = _progress(self.start_iteration, cfg.iterations, self.progress)
             for it in range(self.start_iteration, cfg.iterations):
                 t0 = time.perf_counter()
                 tasks = self.problem.sample_train_tasks(
@@ -222,13 +305,23 @@ class Runner:
                 last = metrics
                 if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
                     self._save(it + 1)
+                    self.checkpointed = it + 1
                     self._status("running", iteration=it + 1)
                 bar.update(metrics)
         except BaseException as e:
-            bar.close()
-            logger.close()
-            reason = "interrupted" if isinstance(e, KeyboardInterrupt) else f"failed: {e}"
-            self._status(reason.split(":")[0], iteration=self.start_iteration, reason=reason)
+            if bar is not None:
+                bar.close()
+            if logger is not None:
+                logger.close()
+            if isinstance(e, KeyboardInterrupt):
+                status, reason = "interrupted", "interrupted"
+            else:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                status, reason = "failed", f"failed: {first}"
+            # "iteration" is what a resume restarts from: the last checkpoint, not the
+            # iteration that failed.
+            self._status(status, iteration=self.checkpointed, reason=reason)
+            self._unlock()
             raise
         bar.close()
         logger.close()
@@ -238,6 +331,7 @@ class Runner:
             elapsed_s=round(self.elapsed, 2),
             **{k: v for k, v in last.items() if k.startswith("meta_test/")},
         )
+        self._unlock()
         return last
 
 
@@ -268,6 +362,48 @@ class _progress:
             self.bar.close()
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Writes ``text`` to ``path`` so that readers see the old or the new file, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists, recursively: config.yaml turns tuples into lists."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """The first setting that differs between a checkpoint's config and the run's, or None.
+
+    ``train.*`` options other than the seed may change on resume (iterations, device,
+    threads, evaluation and sampler settings): they do not change what the checkpoint is.
+    """
+    saved, current = _plain(saved), _plain(current)
+    for key in ("algorithm", "environment"):
+        if saved.get(key) != current.get(key):
+            return f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
+    for section in ("env", "trial", "algo"):
+        old, new = saved.get(section) or {}, current.get(section) or {}
+        for name in sorted(set(old) | set(new), key=str):
+            a, b = old.get(name), new.get(name)
+            if a != b:
+                return f"{section}.{name}: {a!r} in the checkpoint, {b!r} now"
+    old_seed = (saved.get("train") or {}).get("seed")
+    new_seed = (current.get("train") or {}).get("seed")
+    if old_seed != new_seed:
+        return f"train.seed: {old_seed!r} in the checkpoint, {new_seed!r} now"
+    return None
+
+
 def load_run(run_dir: str | Path) -> dict[str, Any]:
     """Reads a run directory's ``config.yaml`` as a dict."""
     from metarl.config import load_yaml
@@ -281,6 +417,7 @@ def load_run(run_dir: str | Path) -> dict[str, Any]:
 __all__ = [
     "CHECKPOINT",
     "EnvError",
+    "RunDirError",
     "Runner",
     "TrainingError",
     "build_learner",

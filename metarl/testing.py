@@ -25,16 +25,27 @@ def _first_line(e: BaseException) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Deep equality over tensors, arrays, dataclasses, mappings and sequences."""
+    """Deep equality over tensors, arrays, dataclasses, mappings and sequences.
+
+    NaN equals NaN here: the question is "did the same thing happen twice", and a
+    non-finite reward is reported by its own check, not as non-determinism.
+    """
     if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
         return (
             isinstance(a, torch.Tensor)
             and isinstance(b, torch.Tensor)
             and a.shape == b.shape
-            and bool(torch.equal(a, b))
+            and a.dtype == b.dtype
+            and bool(torch.equal(a, b) or torch.allclose(a, b, rtol=0, atol=0, equal_nan=True))
         )
     if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return bool(np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True))
+        x, y = np.asarray(a), np.asarray(b)
+        if x.shape != y.shape:
+            return False
+        try:
+            return bool(np.array_equal(x, y, equal_nan=True))
+        except TypeError:  # non-numeric arrays
+            return bool(np.array_equal(x, y))
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
         return type(a) is type(b) and all(
             _same(getattr(a, f.name), getattr(b, f.name)) for f in dataclasses.fields(a)
@@ -47,10 +58,57 @@ def _same(a: Any, b: Any) -> bool:
             and len(a) == len(b)
             and all(_same(x, y) for x, y in zip(a, b))
         )
+    if isinstance(a, float | np.floating) and isinstance(b, float | np.floating):
+        return bool(a == b or (np.isnan(a) and np.isnan(b)))
     try:
         return bool(a == b)
     except Exception:
         return False
+
+
+def _check_obs(obs: Any, space: gym.spaces.Box, where: str) -> str | None:
+    """One line if ``obs`` does not have the space's exact shape and dtype."""
+    if not isinstance(obs, np.ndarray):
+        return (
+            f"observation from {where} is a {type(obs).__name__}, not a numpy array of "
+            f"dtype {space.dtype} and shape {space.shape}"
+        )
+    if obs.shape != space.shape:
+        return (
+            f"observation shape {obs.shape} from {where} does not match "
+            f"observation_space shape {space.shape}"
+        )
+    if obs.dtype != space.dtype:
+        return (
+            f"observation dtype {obs.dtype} from {where} does not match "
+            f"observation_space dtype {space.dtype}"
+        )
+    return None
+
+
+class _ContractError(Exception):
+    """A reset/step return value of the wrong form (reported as one problem)."""
+
+
+def _gym_rollout(env: gym.Env, seed: int, steps: int = 20) -> list[tuple]:
+    """reset(seed) then up to ``steps`` seeded random actions: [(obs, reward, term, trunc)]."""
+    out = env.reset(seed=seed)
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise _ContractError("reset() must return (obs, info)")
+    trace = [(out[0], 0.0, False, False)]
+    env.action_space.seed(123)
+    for _ in range(steps):
+        result = env.step(env.action_space.sample())
+        if not (isinstance(result, tuple) and len(result) == 5):
+            count = len(result) if isinstance(result, tuple) else type(result).__name__
+            raise _ContractError(
+                f"step() must return (obs, reward, terminated, truncated, info), got {count}"
+            )
+        obs, reward, terminated, truncated, _ = result
+        trace.append((obs, reward, terminated, truncated))
+        if terminated or truncated:
+            break
+    return trace
 
 
 def _check_gym_env(env_cls: Any, kwargs: dict[str, Any]) -> list[str]:
@@ -59,6 +117,27 @@ def _check_gym_env(env_cls: Any, kwargs: dict[str, Any]) -> list[str]:
         env = env_cls(**kwargs)
     except Exception as e:
         return [f"constructing {env_cls.__name__}(**{kwargs}) failed: {_first_line(e)}"]
+    try:
+        problems = _gym_env_problems(env)
+        if not problems:
+            from gymnasium.utils.env_checker import check_env
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    check_env(env, skip_render_check=True)
+                except Exception as e:
+                    problems.append(f"gymnasium check_env: {_first_line(e)}")
+    finally:
+        try:
+            env.close()
+        except Exception as e:
+            problems.append(f"close() raised {_first_line(e)}")
+    return problems
+
+
+def _gym_env_problems(env: gym.Env) -> list[str]:
+    problems: list[str] = []
     for method in ("sample_tasks", "set_task"):
         if not callable(getattr(env, method, None)):
             problems.append(f"{type(env).__name__} has no {method}() method")
@@ -69,9 +148,13 @@ def _check_gym_env(env_cls: Any, kwargs: dict[str, Any]) -> list[str]:
         again = env.sample_tasks(4, np.random.default_rng(0))
     except Exception as e:
         return [f"sample_tasks(4, rng) raised {_first_line(e)}"]
+    try:
+        tasks, again = list(tasks), list(again)
+    except TypeError:
+        return [f"sample_tasks(4, rng) returned a {type(tasks).__name__}, not a sequence"]
     if len(tasks) != 4:
-        problems.append(f"sample_tasks(4, rng) returned {len(tasks)} tasks")
-    if not _same(list(tasks), list(again)):
+        return [f"sample_tasks(4, rng) returned {len(tasks)} tasks"]
+    if not _same(tasks, again):
         problems.append("sample_tasks is not deterministic: the same rng seed gave different tasks")
     try:
         pickle.loads(pickle.dumps(tasks))
@@ -84,62 +167,78 @@ def _check_gym_env(env_cls: Any, kwargs: dict[str, Any]) -> list[str]:
         problems.append(f"action space {act_space} is not supported (Discrete or Box)")
     if not isinstance(obs_space, gym.spaces.Box):
         problems.append(f"observation space {obs_space} is not supported (Box)")
-
-    def rollout(task: Any, seed: int, steps: int = 20) -> list[Any]:
-        env.set_task(task)
-        obs, _ = env.reset(seed=seed)
-        act_space.seed(123)
-        trace = [obs]
-        for _ in range(steps):
-            obs, reward, terminated, truncated, _ = env.step(act_space.sample())
-            trace += [obs, reward, terminated, truncated]
-            if terminated or truncated:
-                break
-        return trace
+    if problems and not isinstance(obs_space, gym.spaces.Box | gym.spaces.Discrete):
+        return problems
 
     try:
-        trace = rollout(tasks[0], seed=0)
+        env.set_task(tasks[0])
+        first = _gym_rollout(env, seed=0)
+        second = _gym_rollout(env, seed=0)  # same task, no set_task in between
+    except _ContractError as e:
+        return [*problems, str(e)]
     except Exception as e:
         return [*problems, f"reset/step with a task raised {_first_line(e)}"]
-    obs = trace[0]
     if isinstance(obs_space, gym.spaces.Box):
-        arr = np.asarray(obs)
-        if arr.shape != obs_space.shape:
-            problems.append(
-                f"observation shape {arr.shape} does not match observation_space {obs_space.shape}"
-            )
-        if arr.dtype != obs_space.dtype:
-            problems.append(
-                f"observation dtype {arr.dtype} does not match "
-                f"observation_space dtype {obs_space.dtype}"
-            )
-    rewards = trace[2::4]
-    if not all(np.isfinite(float(r)) for r in rewards):
-        problems.append("step returned a non-finite reward")
-    if not _same(rollout(tasks[0], seed=0)[0::4], trace[0::4]):
+        for i, (obs, *_) in enumerate(first):
+            message = _check_obs(obs, obs_space, "reset()" if i == 0 else "step()")
+            if message:
+                problems.append(message)
+                break
+    for _, reward, *_ in first[1:]:
+        try:
+            value = float(reward)
+        except (TypeError, ValueError):
+            problems.append(f"step() returned reward {reward!r}, not a number")
+            break
+        if not np.isfinite(value):
+            problems.append(f"step() returned a non-finite reward ({value})")
+            break
+    seeded = _same(first, second)
+    if not seeded:
         problems.append(
-            "reset ignores the seed: reset(seed=0) twice gave different observations/trajectories"
+            "reset ignores the seed: two reset(seed=0) rollouts of the same task differ "
+            "(draw all randomness from self.np_random after super().reset(seed=seed))"
         )
     try:
         env.set_task(tasks[1])
+        _gym_rollout(env, seed=1)
         env.set_task(tasks[0])
-        if not _same(rollout(tasks[0], seed=0)[1::4], trace[1::4]):
-            problems.append(
-                "set_task is not deterministic: the same task and seed gave different rollouts"
-            )
+        third = _gym_rollout(env, seed=0)
     except Exception as e:
         problems.append(f"set_task raised {_first_line(e)}")
-    if not problems:
-        from gymnasium.utils.env_checker import check_env
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                check_env(env, skip_render_check=True)
-            except Exception as e:
-                problems.append(f"gymnasium check_env: {_first_line(e)}")
-    env.close()
+        return problems
+    if seeded and not _same(first, third):
+        problems.append(
+            "set_task is not deterministic: set_task(task) then reset(seed=0) gave a different "
+            "rollout the second time (set_task must not draw randomness or keep old state)"
+        )
     return problems
+
+
+def _batched_actions(space: gym.spaces.Space, n: int, gen: torch.Generator) -> torch.Tensor:
+    if isinstance(space, gym.spaces.Discrete):
+        return torch.randint(0, int(space.n), (n,), generator=gen)
+    low = torch.as_tensor(space.low, dtype=torch.float32)
+    high = torch.as_tensor(space.high, dtype=torch.float32)
+    u = torch.rand((n, *space.shape), generator=gen)
+    if torch.isfinite(low).all() and torch.isfinite(high).all():
+        return low + u * (high - low)
+    return u * 2 - 1
+
+
+def _batched_rollout(env: Any, tasks: Any, seed: int, steps: int = 8) -> list[tuple]:
+    env.set_tasks(tasks)
+    obs = env.reset(seed=seed)
+    trace = [(obs.clone(), None, None, None)]
+    gen = torch.Generator().manual_seed(123)
+    for _ in range(steps):
+        out = env.step(_batched_actions(env.single_action_space, env.num_envs, gen))
+        trace.append((out.obs.clone(), out.reward.clone(), out.terminated, out.truncated))
+        done = out.terminated | out.truncated
+        if done.any():
+            obs = env.reset(mask=done)
+            trace.append((obs.clone(), None, None, None))
+    return trace
 
 
 def _check_batched(dist_cls: Any, kwargs: dict[str, Any]) -> list[str]:
@@ -147,33 +246,70 @@ def _check_batched(dist_cls: Any, kwargs: dict[str, Any]) -> list[str]:
         dist = dist_cls(**kwargs)
     except Exception as e:
         return [f"constructing {dist_cls.__name__}(**{kwargs}) failed: {_first_line(e)}"]
-    problems = []
+    problems: list[str] = []
+    n = 8
     try:
-        tasks = dist.sample_tasks(8, np.random.default_rng(0))
-        again = dist.sample_tasks(8, np.random.default_rng(0))
-        pickle.loads(pickle.dumps(tasks))
-        if not _same(tasks, again):
-            problems.append("sample_tasks is not deterministic for the same rng seed")
-        env = dist.make_batched_env(8, "cpu")
-        env.set_tasks(tasks)
-        obs = env.reset(seed=0)
-        if tuple(obs.shape[1:]) != tuple(env.single_observation_space.shape):
-            problems.append(f"batched obs shape {tuple(obs.shape)} does not match the space")
-        gen = torch.Generator().manual_seed(0)
-        for _ in range(5):
-            if isinstance(env.single_action_space, gym.spaces.Discrete):
-                act = torch.randint(0, int(env.single_action_space.n), (8,), generator=gen)
-            else:
-                act = torch.rand((8, *env.single_action_space.shape), generator=gen) * 0.0
-            out = env.step(act)
-            if not torch.isfinite(out.reward).all():
-                problems.append("step returned a non-finite reward")
-                break
-            done = out.terminated | out.truncated
-            if done.any():
-                env.reset(mask=done)
+        tasks = dist.sample_tasks(n, np.random.default_rng(0))
+        again = dist.sample_tasks(n, np.random.default_rng(0))
+        other = dist.sample_tasks(n, np.random.default_rng(1))
     except Exception as e:
-        problems.append(f"batched env failed: {_first_line(e)}")
+        return [f"sample_tasks({n}, rng) raised {_first_line(e)}"]
+    if len(tasks) != n:
+        return [f"sample_tasks({n}, rng) returned {len(tasks)} tasks"]
+    if not _same(tasks, again):
+        problems.append("sample_tasks is not deterministic: the same rng seed gave different tasks")
+    try:
+        pickle.loads(pickle.dumps(tasks))
+    except Exception as e:
+        problems.append(
+            f"tasks cannot be pickled (needed by process and Ray samplers): {_first_line(e)}"
+        )
+    try:
+        env = dist.make_batched_env(n, "cpu")
+        first = _batched_rollout(env, tasks, seed=0)
+        second = _batched_rollout(env, tasks, seed=0)
+        _batched_rollout(env, other, seed=1)
+        third = _batched_rollout(env, tasks, seed=0)
+    except Exception as e:
+        return [*problems, f"batched env failed: {_first_line(e)}"]
+    space = env.single_observation_space
+    expected = (n, *space.shape)
+    for i, (obs, reward, *_) in enumerate(first):
+        where = "reset()" if reward is None else "step()"
+        if tuple(obs.shape) != expected:
+            problems.append(
+                f"batched {where} observations have shape {tuple(obs.shape)}, "
+                f"expected {expected} (num_envs, *observation_space.shape)"
+            )
+            break
+        if not obs.is_floating_point():
+            problems.append(
+                f"batched {where} observations have dtype {obs.dtype}, "
+                "expected a floating-point tensor"
+            )
+            break
+        if reward is not None and (reward.shape != (n,) or not torch.isfinite(reward).all()):
+            problems.append(
+                f"step() returned a non-finite reward (step {i})"
+                if reward.shape == (n,)
+                else f"step() returned rewards of shape {tuple(reward.shape)}, expected ({n},)"
+            )
+            break
+    seeded = _same(first, second)
+    if not seeded:
+        problems.append(
+            "reset ignores the seed: two reset(seed=0) rollouts of the same tasks differ "
+            "(draw all randomness from a generator seeded in reset)"
+        )
+    elif not _same(first, third):
+        problems.append(
+            "set_tasks is not deterministic: the same tasks and reset(seed=0) gave a different "
+            "rollout after other tasks were set"
+        )
+    try:
+        env.close()
+    except Exception as e:
+        problems.append(f"close() raised {_first_line(e)}")
     view_cls = getattr(dist, "gym_env_cls", None)
     if view_cls is not None and not problems:
         problems += _check_gym_env(view_cls, kwargs)
@@ -183,9 +319,20 @@ def _check_batched(dist_cls: Any, kwargs: dict[str, Any]) -> list[str]:
 def check_task_env(env_cls: Any, kwargs: dict[str, Any] | None = None) -> list[str]:
     """Validates a task distribution; returns one line per problem (empty: OK).
 
-    Checks the API (``sample_tasks``, ``set_task`` or ``make_batched_env``), spaces,
-    observation dtype and shape, finite rewards, picklable and deterministic tasks,
-    deterministic ``set_task``, seeded ``reset``, and gymnasium's own ``check_env``.
+    Checks, for a gymnasium task env: ``sample_tasks``/``set_task`` exist; tasks are
+    deterministic for a seeded rng and picklable (the process and Ray samplers ship them
+    to workers); Discrete/Box spaces; every observation from ``reset``/``step`` has the
+    observation space's exact shape and dtype; rewards are finite numbers;
+    ``reset(seed=s)`` reproduces the rollout; ``set_task`` is deterministic; then
+    gymnasium's own ``check_env``. Batched distributions get the same checks on
+    ``make_batched_env`` (shapes ``[num_envs, ...]``, float observations).
+
+    Args:
+        env_cls: The task-distribution class (batched) or ``gymnasium.Env`` subclass.
+        kwargs: Constructor keyword arguments (the ``env.*`` options).
+
+    Returns:
+        Problems, one precise line each, most basic first.
     """
     kwargs = kwargs or {}
     if hasattr(env_cls, "make_batched_env"):

@@ -330,7 +330,7 @@ class NaNLater(RL2):
         super()._adam_step(loss * float("nan") if CALLS["n"] > 2 else loss, name)
 '''
 
-NAN_ENV = '''
+NAN_ENV = """
 from metarl.testing import CountingDistribution, CountingEnv
 
 
@@ -343,7 +343,7 @@ class NaNEnv(CountingEnv):
 class NaNRewards(CountingDistribution):
     def make_batched_env(self, num_envs, device="cpu"):
         return NaNEnv(num_envs, self.episode_length, self.terminate, self.ragged, device)
-'''
+"""
 
 
 @pytest.mark.parametrize("policy", ["stop", "skip"])
@@ -351,8 +351,20 @@ def test_nan_loss_stops_with_message_or_skips(policy, tmp_path, capsys):
     path = tmp_path / f"nan_learner_{policy}.py"
     path.write_text(NAN_LEARNER)
     run_dir = tmp_path / "r"
-    args = ["train", f"{path}:NaNLater", "bandit", "--iterations", "4", "--logdir", str(run_dir),
-            "--set", f"train.nan_policy={policy}", "--set", "train.eval_every=0", *SMALL]
+    args = [
+        "train",
+        f"{path}:NaNLater",
+        "bandit",
+        "--iterations",
+        "4",
+        "--logdir",
+        str(run_dir),
+        "--set",
+        f"train.nan_policy={policy}",
+        "--set",
+        "train.eval_every=0",
+        *SMALL,
+    ]
     code, out, err = run(args, capsys)
     if policy == "stop":
         assert code == 1
@@ -373,8 +385,16 @@ def test_nan_loss_stops_with_message_or_skips(policy, tmp_path, capsys):
 def test_nan_reward_from_env_is_named(tmp_path, capsys):
     path = tmp_path / "nan_env.py"
     path.write_text(NAN_ENV)
-    args = ["train", "rl2", f"{path}:NaNRewards", "--iterations", "2", "--logdir", str(tmp_path / "r"),
-            *SMALL]
+    args = [
+        "train",
+        "rl2",
+        f"{path}:NaNRewards",
+        "--iterations",
+        "2",
+        "--logdir",
+        str(tmp_path / "r"),
+        *SMALL,
+    ]
     code, _, err = run(args, capsys)
     assert code == 1 and len(err.strip().splitlines()) == 1
     assert "iteration 0" in err and "reward" in err
@@ -382,19 +402,45 @@ def test_nan_reward_from_env_is_named(tmp_path, capsys):
 
 @pytest.mark.parametrize(
     ("algo", "env", "optimizer"),
-    [("snail", "bandit", "ppo"), ("snail", "tabular-mdp", "trpo"), ("snail", "nav2d", "ppo"),
-     ("rl2", "tabular-mdp", "trpo"), ("rl2", "bandit", "vpg"), ("rl2", "maze", "ppo"),
-     ("snail", "maze", "ppo")],
+    [
+        ("snail", "bandit", "ppo"),
+        ("snail", "tabular-mdp", "trpo"),
+        ("snail", "nav2d", "ppo"),
+        ("rl2", "tabular-mdp", "trpo"),
+        ("rl2", "bandit", "vpg"),
+        ("rl2", "maze", "ppo"),
+        ("snail", "maze", "ppo"),
+    ],
 )
 def test_algorithm_smoke(algo, env, optimizer, tmp_path, capsys):
     run_dir = tmp_path / "r"
     extra = ["--set", "trial.max_episode_steps=8"] if env in ("nav2d", "maze") else []
     if env == "maze":
         extra += ["--set", "algo.obs_embed=16"]
-    code, _, err = run(["train", algo, env, "--iterations", "2", "--logdir", str(run_dir),
-                        "--set", f"algo.optimizer={optimizer}", "--set", "trial.episodes=3",
-                        "--set", "algo.trials_per_iteration=8", "--set", "train.eval_tasks=4",
-                        "--set", "train.eval_every=2", "--no-progress", *extra], capsys)
+    code, _, err = run(
+        [
+            "train",
+            algo,
+            env,
+            "--iterations",
+            "2",
+            "--logdir",
+            str(run_dir),
+            "--set",
+            f"algo.optimizer={optimizer}",
+            "--set",
+            "trial.episodes=3",
+            "--set",
+            "algo.trials_per_iteration=8",
+            "--set",
+            "train.eval_tasks=4",
+            "--set",
+            "train.eval_every=2",
+            "--no-progress",
+            *extra,
+        ],
+        capsys,
+    )
     assert code == 0, err
     rows = read_csv(run_dir / "metrics.csv")
     assert len(rows) == 2 and rows[1]["meta_test/return"] != ""
