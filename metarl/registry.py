@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import hashlib
 import importlib
 import importlib.metadata
 import importlib.util
@@ -142,7 +143,10 @@ def load_target(spec: str) -> Any:
             path = Path(module_part).expanduser().resolve()
             if not path.is_file():
                 raise RegistryError(f"no such file: {module_part}")
-            mod_name = f"metarl_user_{path.stem}_{abs(hash(str(path)))}"
+            # A stable name (not hash(), which is salted per process) so that objects
+            # defined in the file unpickle in sampler worker processes too.
+            digest = hashlib.sha1(str(path).encode()).hexdigest()[:12]
+            mod_name = f"metarl_user_{path.stem}_{digest}"
             if mod_name in sys.modules:
                 module = sys.modules[mod_name]
             else:
