@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,20 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
             f"checkpoint {path} is corrupt (truncated or modified: digest mismatch)"
         )
     try:
-        payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():
+            # torch warns (on stderr) about unusual pickle protocols before refusing them;
+            # the refusal below is the one line the user gets.
+            warnings.simplefilter("ignore")
+            payload = torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
     except Exception as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {first}") from None
+        text = str(e).strip()
+        if "Weights only load failed" in text:
+            # torch's message goes on to suggest weights_only=False: wrong advice for a file
+            # of unknown origin, so it is not passed on.
+            reason = "it holds objects other than tensors and plain data"
+        else:
+            reason = text.splitlines()[0] if text else type(e).__name__
+        raise CheckpointError(f"checkpoint {path} cannot be loaded safely: {reason}") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a metarl checkpoint")
     return payload

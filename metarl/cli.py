@@ -80,12 +80,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _describe(entry: registry.Entry) -> str:
+    """The listing's description: built-in text, else the plug-in class's ``description``.
+
+    A plug-in that fails to import is listed with the reason instead of breaking the
+    listing; whitespace is collapsed so every entry stays on one line.
+    """
     if entry.description:
         return entry.description
     try:
-        return getattr(registry.load_target(entry.target), "description", "") or "(plug-in)"
+        text = getattr(registry.load_target(entry.target), "description", "")
     except registry.RegistryError as e:
-        return f"(failed to load: {e})"
+        text = f"(failed to load: {e})"
+    return " ".join(str(text or "(plug-in)").split())
 
 
 def cmd_list(kind: str) -> int:
@@ -97,6 +103,10 @@ def cmd_list(kind: str) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """``metarl train``: validates everything, then creates (or resumes) the run directory.
+
+    All configuration errors are raised before the run directory is created.
+    """
     from metarl.config import build_run_config, load_yaml
     from metarl.runner import Runner
 
@@ -127,26 +137,53 @@ def cmd_train(args: argparse.Namespace) -> int:
         registry.resolve_env,
         registry.resolve_algo,
     )
+    # config.yaml records file.py:Class targets as absolute paths, so that `metarl eval`
+    # and `--resume` work from any working directory.
+    config.environment = _absolute_target(config.environment)
+    config.algorithm = _absolute_target(config.algorithm)
     if args.logdir:
         run_dir = Path(args.logdir)
     else:
         stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        safe_env = config.environment.replace("/", "_").replace(":", "_")
-        run_dir = Path("runs") / f"{config.algorithm}-{safe_env}-seed{config.train.seed}-{stamp}"
+        names = f"{_short_name(config.algorithm)}-{_short_name(config.environment)}"
+        run_dir = Path("runs") / f"{names}-seed{config.train.seed}-{stamp}"
     if run_dir.exists() and not run_dir.is_dir():
         raise UsageError(f"--logdir {run_dir} exists and is not a directory")
-    if not args.resume and run_dir.exists() and any(run_dir.iterdir()):
+    # Dot-files (the lock, temporary files) do not count: a run killed while creating its
+    # directory leaves only those, and its original command must still work.
+    if (
+        not args.resume
+        and run_dir.exists()
+        and any(not p.name.startswith(".") for p in run_dir.iterdir())
+    ):
         raise UsageError(
             f"run directory {run_dir} already exists; use --resume or another --logdir"
         )
     runner = Runner(
         run_dir, config, env_cls, learner_cls, resume=args.resume, progress=not args.no_progress
     )
-    last = runner.run()
+    try:
+        last = runner.run()
+    finally:
+        runner.close()
     test = last.get("meta_test/return")
     summary = f"meta-test return {test:.4g}" if test is not None else "done"
     print(f"{summary}; run directory: {run_dir}")
     return 0
+
+
+def _absolute_target(name: str) -> str:
+    """``rel/file.py:Class`` → ``/abs/rel/file.py:Class``; other names unchanged."""
+    module, sep, attr = name.rpartition(":")
+    if sep and module.endswith(".py"):
+        return f"{Path(module).expanduser().resolve()}:{attr}"
+    return name
+
+
+def _short_name(name: str) -> str:
+    """A file-name-safe short form of a registered name or ``module:Class`` target."""
+    short = name.rpartition(":")[2] if ":" in name else name
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in short)[:60] or "env"
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -186,7 +223,27 @@ def cmd_check_env(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``metarl`` console script."""
+    """Entry point of the ``metarl`` console script.
+
+    Returns:
+        0 on success, 2 for bad usage or input, 1 when a run fails, 130/143 when
+        interrupted by SIGINT/SIGTERM. Every failure prints exactly one line on stderr.
+    """
+    import os
+    import warnings
+
+    # Python warnings raised on the way to an error would add lines to stderr: they are
+    # held back, shown after a successful command and dropped after a failed one (unless
+    # METARL_DEBUG is set).
+    with warnings.catch_warnings(record=True) as caught:
+        code = _main(argv)
+    if code == 0 or os.environ.get("METARL_DEBUG"):
+        for w in caught:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     from metarl.checkpoint import CheckpointError
     from metarl.config import ConfigError
 

@@ -9,8 +9,9 @@ A run's configuration has four sections:
 
 Every key is checked against the dataclass fields or constructor signature; unknown keys
 are rejected with a did-you-mean hint and wrong types with the expected type; integers must
-fit in 64 bits and floats must be finite. YAML is read with a ``yaml.SafeLoader`` subclass
-only (``safe_load`` semantics: Python tags such as ``!!python/object`` are refused).
+fit in 64 bits and floats must be finite and within float32 range. YAML is read with a
+``yaml.SafeLoader`` subclass only (``safe_load`` semantics: Python tags such as
+``!!python/object`` are refused).
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ TOP_LEVEL = ("algorithm", "environment", *SECTIONS)
 #: Integers must fit in a signed 64-bit word: torch, numpy and the seed derivation cannot
 #: represent larger ones and would fail deep inside training instead of here.
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+#: Floats must be finite and fit in float32, the dtype of every tensor they scale: a
+#: larger value (``algo.clip=1e39``) becomes inf inside torch and fails mid-training.
+FLOAT_MAX = 3.4028234663852886e38
 #: ``cpu``, ``cuda``, ``cuda:N`` or ``mps``; anything else makes ``torch.device`` raise later.
 DEVICE_PATTERN = re.compile(r"cpu|mps|cuda(:[0-9]+)?")
 
@@ -41,6 +45,13 @@ _REPR = reprlib.Repr()
 _REPR.maxstring = _REPR.maxother = 60
 _REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 6
 _REPR.maxlevel = 3
+
+
+def show_name(name: Any) -> str:
+    """A key as typed if it is a short printable string, else its bounded repr."""
+    if isinstance(name, str) and name.isprintable() and len(name) <= 60:
+        return name
+    return short_repr(name)
 
 
 def short_repr(value: Any) -> str:
@@ -291,9 +302,7 @@ def check_fields(section: str, values: dict[str, Any], fields: dict[str, Any]) -
     out = {}
     for key, value in values.items():
         if not isinstance(key, str) or key not in fields:
-            raise ConfigError(
-                _did_you_mean(f"unknown key {section}.{short_repr(key)}", key, fields)
-            )
+            raise ConfigError(_did_you_mean(f"unknown key {section}.{show_name(key)}", key, fields))
         ok, coerced = _type_ok(value, fields[key])
         if not ok:
             raise ConfigError(
@@ -308,6 +317,10 @@ def check_fields(section: str, values: dict[str, Any], fields: dict[str, Any]) -
                 )
         elif isinstance(coerced, float) and not math.isfinite(coerced):
             raise ConfigError(f"{section}.{key} must be a finite number, got {coerced}")
+        elif isinstance(coerced, float) and abs(coerced) > FLOAT_MAX:
+            raise ConfigError(
+                f"{section}.{key} = {coerced:g} is out of range (|x| <= 3.4e38, the float32 limit)"
+            )
         out[key] = coerced
     return out
 
@@ -391,11 +404,27 @@ def build_run_config(
         if value is not None:
             merged["train"][key] = value
 
-    env_fields = constructor_fields(env_cls)
-    env_kwargs = {**constructor_defaults(env_cls), **check_fields("env", merged["env"], env_fields)}
-    trial_kwargs = check_fields("trial", merged["trial"], dataclass_fields(TrialConfig))
-    train_kwargs = check_fields("train", merged["train"], dataclass_fields(TrainConfig))
-    algo_kwargs = check_fields("algo", merged["algo"], dataclass_fields(learner_cls.config_cls))
+    fields = {
+        "env": constructor_fields(env_cls),
+        "trial": dataclass_fields(TrialConfig),
+        "train": dataclass_fields(TrainConfig),
+        "algo": dataclass_fields(learner_cls.config_cls),
+    }
+    for section in SECTIONS:
+        for key in merged[section]:
+            if key in fields[section]:
+                continue
+            # A key put in the wrong section (train.lr) gets pointed to the right one.
+            home = [s for s in SECTIONS if isinstance(key, str) and key in fields[s]]
+            if home:
+                raise ConfigError(f"unknown key {section}.{key}; did you mean {home[0]}.{key}?")
+    env_kwargs = {
+        **constructor_defaults(env_cls),
+        **check_fields("env", merged["env"], fields["env"]),
+    }
+    trial_kwargs = check_fields("trial", merged["trial"], fields["trial"])
+    train_kwargs = check_fields("train", merged["train"], fields["train"])
+    algo_kwargs = check_fields("algo", merged["algo"], fields["algo"])
     try:
         trial = TrialConfig(**trial_kwargs)
         train = TrainConfig(**train_kwargs)

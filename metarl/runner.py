@@ -8,6 +8,7 @@ from it continues exactly as the uninterrupted run would have (on CPU).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -76,15 +77,39 @@ def build_problem(config: RunConfig, env_cls: Any, device: torch.device) -> RLPr
                 f"env {name!r} ({env_cls.__name__}) breaks the task-env API: {problems[0]}"
             )
         factory = functools.partial(env_cls, **config.env)
+        if env_cls.__module__.startswith("metarl_user_"):
+            # Loaded from a .py file under a private module name that sampler workers do not
+            # know: they load the file by path instead.
+            import sys
+
+            from metarl.samplers import FileEnvFactory
+
+            path = getattr(sys.modules.get(env_cls.__module__), "__file__", None)
+            if path:
+                factory = FileEnvFactory(os.path.abspath(path), env_cls.__name__, dict(config.env))
     else:
         raise EnvError(
             f"env {name!r} ({type(distribution).__name__}) is neither a batched task "
             "distribution (make_batched_env) nor a gymnasium.Env with sample_tasks/set_task"
         )
+    from metarl.config import ConfigError
+    from metarl.samplers import SamplerError
+
+    train = config.train
     try:
         return RLProblem(
-            distribution, config.trial.episodes, device, config.trial.max_episode_steps, factory
+            distribution,
+            config.trial.episodes,
+            device,
+            config.trial.max_episode_steps,
+            factory,
+            sampler=train.sampler,
+            workers=train.workers,
+            ray_address=train.ray_address,
+            worker_timeout=train.worker_timeout,
         )
+    except SamplerError as e:  # e.g. sampler=ray without Ray installed: a setup problem
+        raise ConfigError(str(e)) from None
     except Exception as e:
         raise EnvError(f"env {name!r} failed to start: {type(e).__name__}: {e}") from None
 
@@ -115,7 +140,8 @@ class Runner:
 
     Args:
         run_dir: Directory holding ``config.yaml``, ``metrics.csv``, TensorBoard events,
-            ``checkpoints/`` and ``run.json`` (status: running, complete or failed).
+            ``checkpoints/`` and ``run.json`` (status: running, complete, failed or
+            interrupted; see :meth:`run`).
         config: The resolved configuration.
         env_cls: Task-distribution class.
         learner_cls: Learner class.
@@ -223,6 +249,13 @@ class Runner:
             self._lock_file.close()  # closing releases the flock
             self._lock_file = None
 
+    def close(self) -> None:
+        """Releases the lock and the problem's envs and sampler workers."""
+        self._unlock()
+        close = getattr(self.problem, "close", None)
+        if close is not None:
+            close()
+
     def _save(self, iteration: int) -> None:
         save_checkpoint(
             self.run_dir / CHECKPOINT,
@@ -320,11 +353,14 @@ class Runner:
                 status, reason = "failed", f"failed: {first}"
             # "iteration" is what a resume restarts from: the last checkpoint, not the
             # iteration that failed.
-            self._status(status, iteration=self.checkpointed, reason=reason)
+            with contextlib.suppress(OSError):  # e.g. disk full: report the original error
+                self._status(status, iteration=self.checkpointed, reason=reason)
             self._unlock()
+            self.problem.close()  # sampler workers (processes, Ray actors) end with the run
             raise
         bar.close()
         logger.close()
+        self.problem.close()
         self._status(
             "complete",
             iteration=cfg.iterations,
@@ -386,6 +422,7 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
 
     ``train.*`` options other than the seed may change on resume (iterations, device,
     threads, evaluation and sampler settings): they do not change what the checkpoint is.
+    Options present on one side only (added in a newer metarl) are not compared.
     """
     saved, current = _plain(saved), _plain(current)
     for key in ("algorithm", "environment"):
@@ -393,8 +430,10 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
             return f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
     for section in ("env", "trial", "algo"):
         old, new = saved.get(section) or {}, current.get(section) or {}
-        for name in sorted(set(old) | set(new), key=str):
-            a, b = old.get(name), new.get(name)
+        # Only options both sides know: an option added to metarl after the checkpoint was
+        # written (with a default that keeps the old behaviour) must not block a resume.
+        for name in sorted(set(old) & set(new), key=str):
+            a, b = old[name], new[name]
             if a != b:
                 return f"{section}.{name}: {a!r} in the checkpoint, {b!r} now"
     old_seed = (saved.get("train") or {}).get("seed")
