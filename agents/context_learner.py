@@ -78,10 +78,14 @@ class ContextConfig:
             raise ValueError(
                 f"algo.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
-        positive = ("trials_per_iteration", "epochs", "minibatches", "lr", "max_kl")
+        positive = ("trials_per_iteration", "epochs", "minibatches", "lr", "max_kl", "clip",
+                    "max_grad_norm")
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"algo.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("entropy_coef", "value_coef", "damping", "obs_embed"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"algo.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
 
