@@ -69,6 +69,9 @@ class ContextConfig:
     """TRPO trust-region radius on the mean KL."""
     damping: float = 0.1
     """TRPO Fisher-vector-product damping."""
+    normalize_returns: bool = True
+    """Standardise value targets with running return statistics (helps long trials whose
+    returns reach 100+; short trials such as 10-pull bandits do as well without)."""
     obs_embed: int = 0
     """If > 0, observations pass through a Linear+ReLU of this width before the sequence
     model (for rich views such as the maze's rays); 0 feeds them raw."""
@@ -227,7 +230,8 @@ class ContextLearner(Learner):
         self.net.eval()
         batch = self.problem.collect(self.policy, tasks, generator)
         advantages, returns = self.advantages(batch)
-        self.net.update_return_stats(returns, batch.valid)
+        if self.config.normalize_returns:
+            self.net.update_return_stats(returns, batch.valid)
         self.net.train()
         if self.config.optimizer == "ppo":
             metrics = self._ppo(batch, advantages, returns, generator)

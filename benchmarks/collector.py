@@ -10,7 +10,7 @@
     incrementally from its caches). Target: SNAIL within 3x of RL².
 
 Usage:
-    python benchmarks/collector.py [--width 4096] [--sections a,b,c] [--threads 2]
+    python benchmarks/collector.py [--width 4096] [--sections a,b,c,d] [--threads 2]
 """
 
 from __future__ import annotations
@@ -151,10 +151,24 @@ def section_c(width: int) -> None:
     print(f"  RL² / SNAIL time ratio: {rates['rl2'] / rates['snail']:.2f}x  (target: SNAIL within 3x)")
 
 
+def section_d(width: int) -> None:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from maze_speed import maze_steps_per_second
+
+    print(f"(d) maze env-steps/s at B={width}, observation rendering included (target >= 200k)")
+    for size in (5, 9):
+        for view in ("rays", "topdown"):
+            rate = maze_steps_per_second(width, 50, view=view, size=size)
+            print(f"  size {size} {view:8s} {rate:12,.0f} steps/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=4096)
-    parser.add_argument("--sections", default="a,b,c")
+    parser.add_argument("--sections", default="a,b,c,d")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -164,7 +178,9 @@ def main() -> None:
     if "b" in sections:
         section_b(args.width)
     if "c" in sections:
-        section_c(args.width)
+        section_c(min(args.width, 1024))
+    if "d" in sections:
+        section_d(args.width)
 
 
 if __name__ == "__main__":
