@@ -144,11 +144,15 @@ def section_c(width: int) -> None:
     dist = BanditDistribution(arms=5)
     problem = RLProblem(dist, episodes)
     rates = {}
-    for name, learner in [("rl2", RL2(problem, RL2Config(hidden_size=256))),
-                          ("snail", SNAIL(problem, SNAILAgentConfig()))]:
+    for name, learner in [
+        ("rl2", RL2(problem, RL2Config(hidden_size=256))),
+        ("snail", SNAIL(problem, SNAILAgentConfig())),
+    ]:
         rates[name] = collector_steps_per_s(dist, width, episodes, learner.policy, repeats=1)
         print(f"  {name:6s} {rates[name]:10,.0f} steps/s")
-    print(f"  RL² / SNAIL time ratio: {rates['rl2'] / rates['snail']:.2f}x  (target: SNAIL within 3x)")
+    print(
+        f"  RL² / SNAIL time ratio: {rates['rl2'] / rates['snail']:.2f}x  (target: SNAIL within 3x)"
+    )
 
 
 def section_d(width: int) -> None:
