@@ -57,21 +57,39 @@ def baseline_curves(problem: Any, tasks: Any, generator: torch.Generator) -> dic
 def write_outputs(
     out: Path, curves: dict[str, Curve], optimum: torch.Tensor | None = None, title: str = ""
 ) -> None:
-    """Writes adaptation.csv, summary.csv, adaptation.png and TensorBoard curves."""
+    """Writes adaptation.csv, summary.csv, adaptation.png and TensorBoard curves.
+
+    ``adaptation.csv`` keeps its fixed columns and holds the curves measured on the main x
+    axis (the first curve's: episode or gradient step). Curves on another axis, such as an
+    SB3 learning curve against env steps, go to ``other_curves.csv`` (with an ``x_label``
+    column) and to their own panel of ``adaptation.png``.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "adaptation.csv", "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["learner", "x", "mean_return", "ci_low", "ci_high", "n_tasks"])
+    main_label = next(iter(curves.values())).x_label
+    columns = ["learner", "x", "mean_return", "ci_low", "ci_high", "n_tasks"]
+    with (
+        open(out / "adaptation.csv", "w", newline="") as f,
+        open(out / "other_curves.csv", "w", newline="") as g,
+    ):
+        main, other = csv.writer(f), csv.writer(g)
+        main.writerow(columns)
+        other.writerow([*columns, "x_label"])
         for name, curve in curves.items():
             for i, x in enumerate(curve.x):
                 m, lo, hi = mean_ci(curve.values[i])
-                writer.writerow(
-                    [name, x, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", curve.values.shape[1]]
-                )
+                row = [name, x, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", curve.values.shape[1]]
+                if curve.x_label == main_label:
+                    main.writerow(row)
+                else:
+                    other.writerow([*row, curve.x_label])
+    if not any(c.x_label != main_label for c in curves.values()):
+        (out / "other_curves.csv").unlink()
     with open(out / "summary.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["learner", "mean_total", "ci_low", "ci_high", "normalised", "n_tasks"])
         for name, curve in curves.items():
+            # Episode curves: the whole trial's return. Other curves: the last x (after the
+            # last gradient step, or at the end of a from-scratch learning curve).
             total = curve.values.sum(0) if curve.x_label == "episode" else curve.values[-1]
             m, lo, hi = mean_ci(total)
             norm = ""
@@ -102,26 +120,28 @@ def write_outputs(
 
 
 def _plot(path: Path, curves: dict[str, Curve], title: str) -> None:
+    """One panel per x axis (e.g. gradient steps, and env steps for SB3 PPO from scratch)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, curve in curves.items():
-        stats = [mean_ci(curve.values[i]) for i in range(len(curve.x))]
-        means = [s[0] for s in stats]
-        style = "-" if len(curve.x) > 1 else "o"
-        ax.plot(
-            curve.x, means, style, label=name, linewidth=2.2 if name == title.split()[0] else 1.2
-        )
-        ax.fill_between(curve.x, [s[1] for s in stats], [s[2] for s in stats], alpha=0.2)
-    first = next(iter(curves.values()))
-    ax.set_xlabel(first.x_label)
-    ax.set_ylabel("mean return per episode (95% CI)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, ncol=2)
+    labels = list(dict.fromkeys(c.x_label for c in curves.values()))
+    fig, axes = plt.subplots(1, len(labels), figsize=(7 * len(labels), 4.5), squeeze=False)
+    for ax, label in zip(axes[0], labels):
+        for name, curve in curves.items():
+            if curve.x_label != label:
+                continue
+            stats = [mean_ci(curve.values[i]) for i in range(len(curve.x))]
+            style = "-" if len(curve.x) > 1 else "o"
+            width = 2.2 if name == title.split()[0] else 1.2
+            ax.plot(curve.x, [s[0] for s in stats], style, label=name, linewidth=width)
+            ax.fill_between(curve.x, [s[1] for s in stats], [s[2] for s in stats], alpha=0.2)
+        ax.set_xlabel(label)
+        ax.set_ylabel("mean return per episode (95% CI)")
+        ax.set_title(title if label == labels[0] else f"from scratch, against {label}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -165,6 +185,8 @@ def evaluate_run(
     config, env_cls, learner_cls = build_run_config(
         None, None, data, [], flags, resolve_env, resolve_algo
     )
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     dev = torch.device(config.train.device)
     problem = build_problem(config, env_cls, dev)
     learner = build_learner(config, learner_cls, problem, dev)

@@ -1,0 +1,206 @@
+"""MAML-TRPO iteration cost.
+
+(1) ``nav2d``: seconds per meta-iteration at the paper's 2D-navigation settings: 20 tasks ×
+    20 trajectories × horizon 100, pre- and post-update sampling, one inner step, an exact
+    second-order TRPO outer step (10 CG iterations). Target: <= 0.5 s/iteration (peers
+    on this machine type: pytorch-maml-rl 5.1 s, learn2learn 34 s). Also shown: the same
+    with ``hvp_subsample=0.2`` (CG curvature on every 5th step) and first-order MAML, to
+    show what the exact Hessian-vector products cost, and the exact step with
+    pytorch-maml-rl's smaller 64x64 tanh policy.
+(2) ``cheetah``: the time split of one MAML-TRPO iteration on HalfCheetahDir (paper: 40
+    tasks × 20 trajectories × horizon 200): sampling, inner adaptation (baseline fit,
+    advantages, inner step), outer TRPO (meta-gradient, Hessian-vector-product setup, CG,
+    line search).
+(3) ``overhead``: :func:`mujoco_overhead_ratio`, env-steps/s of ``RLProblem.collect`` with
+    the MAML per-task policy against a bare loop (``SyncVectorEnv.step`` plus one batched
+    policy forward) of the same width. Target: >= 0.85.
+
+Wall-clock times on a shared machine include time the process waits for a core; every
+line therefore also shows the process CPU time (``cpu``), which is what the run would take
+on an idle core, and ``uptime``'s load average is printed first.
+
+Usage:
+    python benchmarks/maml_iteration.py [--sections nav2d,cheetah,overhead] [--threads 1]
+        [--iterations 3] [--cheetah-tasks 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import gymnasium as gym
+import numpy as np
+import torch
+
+from agents.maml import MAMLTRPO, MAMLTRPOConfig, repeat_tasks
+from envs.mujoco_dirvel import HalfCheetahDirEnv
+from envs.nav2d import Nav2DDistribution
+from metarl.problem import RLProblem
+
+
+class Clock:
+    """Wall and process-CPU seconds of a block."""
+
+    def __enter__(self) -> Clock:
+        self.w0, self.c0 = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.w0
+        self.cpu = time.process_time() - self.c0
+
+
+def iterations(learner: MAMLTRPO, problem: RLProblem, n: int, warmup: int = 1) -> list[dict]:
+    """Runs ``warmup + n`` meta-iterations; returns the metrics (+ wall/cpu) of the last n."""
+    out = []
+    for it in range(warmup + n):
+        tasks = problem.sample_train_tasks(learner.tasks_per_iteration(), 0, it)
+        with Clock() as c:
+            m = learner.train_iteration(tasks, torch.Generator().manual_seed(it))
+        m["wall"], m["cpu"] = c.wall, c.cpu
+        if it >= warmup:
+            out.append(m)
+    return out
+
+
+def split_line(ms: list[dict]) -> str:
+    keys = [
+        ("sampling", "time/sampling_s"),
+        ("inner adaptation", "time/adaptation_s"),
+        ("meta-gradient", "time/outer_grad_s"),
+        ("HVP setup", "time/outer_hvp_setup_s"),
+        ("CG (HVPs)", "time/outer_cg_s"),
+        ("line search", "time/outer_line_search_s"),
+    ]
+    total = statistics.median(m["wall"] for m in ms)
+    parts = []
+    for label, key in keys:
+        v = statistics.median(m[key] for m in ms)
+        parts.append(f"{label} {v:.3f}s ({100 * v / total:.0f}%)")
+    return ", ".join(parts)
+
+
+def bench_nav2d(n_iter: int) -> None:
+    print("(1) MAML-TRPO on nav2d: 20 tasks x 20 trajectories x horizon 100, 1 inner step, "
+          "TRPO 10 CG iterations, policy 100x100 ReLU")
+    problem = RLProblem(Nav2DDistribution(horizon=100), episodes=1)
+    variants = [
+        ("exact second order (default)", {}),
+        ("hvp_subsample=0.2", {"hvp_subsample": 0.2}),
+        ("first_order=true", {"first_order": True}),
+        ("first_order + hvp_subsample=0.2", {"first_order": True, "hvp_subsample": 0.2}),
+        # pytorch-maml-rl's 2D-navigation policy, for comparison with its 5.1 s.
+        ("exact, 64x64 tanh policy", {"hidden_sizes": (64, 64), "activation": "tanh"}),
+    ]
+    for label, extra in variants:
+        torch.manual_seed(0)
+        cfg = MAMLTRPOConfig(meta_batch_size=20, trajectories_per_task=20, **extra)
+        ms = iterations(MAMLTRPO(problem, cfg), problem, n_iter)
+        wall = statistics.median(m["wall"] for m in ms)
+        cpu = statistics.median(m["cpu"] for m in ms)
+        print(f"    {label:<34} {wall:6.2f} s/iteration wall, {cpu:6.2f} s cpu "
+              f"(median of {n_iter}; target <= 0.5)")
+        print(f"        split (wall): {split_line(ms)}")
+
+
+def bench_cheetah(n_tasks: int, n_iter: int) -> None:
+    print(f"(2) MAML-TRPO on halfcheetah-dir: {n_tasks} tasks x 20 trajectories x horizon 200, "
+          "1 inner step, exact second order")
+    env = HalfCheetahDirEnv()
+    problem = RLProblem(env, episodes=1, env_factory=HalfCheetahDirEnv)
+    torch.manual_seed(0)
+    learner = MAMLTRPO(problem, MAMLTRPOConfig(meta_batch_size=n_tasks, trajectories_per_task=20))
+    ms = iterations(learner, problem, n_iter, warmup=0)
+    wall = statistics.median(m["wall"] for m in ms)
+    cpu = statistics.median(m["cpu"] for m in ms)
+    steps = statistics.median(m["env_steps"] for m in ms)
+    print(f"    {wall:.1f} s/iteration wall, {cpu:.1f} s cpu, {steps:.0f} env steps")
+    print(f"    split (wall): {split_line(ms)}")
+    problem.close()
+
+
+def _bare_loop_steps_per_s(learner: MAMLTRPO, tasks: list, traj: int, horizon: int) -> float:
+    """SyncVectorEnv.step plus one batched per-task policy forward per step."""
+    width = len(tasks) * traj
+    vec = gym.vector.SyncVectorEnv(
+        [lambda: HalfCheetahDirEnv(horizon=horizon)] * width,
+        autoreset_mode=gym.vector.AutoresetMode.DISABLED,
+    )
+    for i, task in enumerate(repeat_tasks(tasks, traj)):
+        vec.envs[i].unwrapped.set_task(task)
+    fast = {k: v.detach().unsqueeze(0).repeat(len(tasks), *([1] * v.dim()))
+            for k, v in learner.net.named_parameters()}
+    gen = torch.Generator().manual_seed(0)
+    std = fast["log_std"].exp().repeat_interleave(traj, 0)
+    obs, _ = vec.reset(seed=0)
+    with Clock() as c, torch.no_grad():
+        for _ in range(horizon):
+            x = torch.from_numpy(obs.astype(np.float32)).view(len(tasks), traj, -1)
+            mean = learner.net.mean(fast, x).reshape(width, -1)
+            act = mean + std * torch.randn(mean.shape, generator=gen)
+            obs, *_ = vec.step(act.numpy())
+    vec.close()
+    return width * horizon / c.wall
+
+
+def mujoco_overhead_ratio(
+    tasks: int = 3, traj: int = 20, horizon: int = 200, repeats: int = 5
+) -> float:
+    """Env-steps/s through ``RLProblem.collect`` with the MAML policy / a bare loop.
+
+    Both run ``tasks * traj`` HalfCheetahDir envs in one ``SyncVectorEnv`` (width <= 64,
+    RLProblem's default chunk, so one chunk) for one ``horizon``-step episode, with the
+    same per-task batched policy forward; the best of ``repeats`` runs each.
+
+    Returns:
+        The ratio (1.0: no overhead). Target: >= 0.85.
+    """
+    env = HalfCheetahDirEnv(horizon=horizon)
+    problem = RLProblem(env, episodes=1, env_factory=lambda: HalfCheetahDirEnv(horizon=horizon))
+    torch.manual_seed(0)
+    learner = MAMLTRPO(problem, MAMLTRPOConfig(meta_batch_size=tasks, trajectories_per_task=traj))
+    task_list = problem.sample_train_tasks(tasks, 0, 0)
+    fast = {k: v.detach().unsqueeze(0).repeat(tasks, *([1] * v.dim()))
+            for k, v in learner.net.named_parameters()}
+    learner.sampler.collect(learner.net, fast, task_list, traj, torch.Generator().manual_seed(0))
+    collect_best = bare_best = 0.0
+    for r in range(repeats):
+        with Clock() as c:
+            batch = learner.sampler.collect(
+                learner.net, fast, task_list, traj, torch.Generator().manual_seed(r)
+            )
+        collect_best = max(collect_best, float(batch.valid.sum()) / c.wall)
+        bare_best = max(bare_best, _bare_loop_steps_per_s(learner, task_list, traj, horizon))
+    problem.close()
+    ratio = collect_best / bare_best
+    print(f"(3) MuJoCo sampling overhead, width {tasks * traj} ({tasks} tasks x {traj} "
+          f"trajectories), horizon {horizon}: RLProblem.collect {collect_best:.0f} env-steps/s, "
+          f"bare SyncVectorEnv loop {bare_best:.0f} env-steps/s, ratio {ratio:.3f} "
+          "(target >= 0.85)")
+    return ratio
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sections", default="nav2d,cheetah,overhead")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--iterations", type=int, default=3)
+    p.add_argument("--cheetah-tasks", type=int, default=40)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"torch {torch.__version__}, threads {args.threads}, load average "
+          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    sections = args.sections.split(",")
+    if "nav2d" in sections:
+        bench_nav2d(args.iterations)
+    if "cheetah" in sections:
+        bench_cheetah(args.cheetah_tasks, 1)
+    if "overhead" in sections:
+        mujoco_overhead_ratio()
+
+
+if __name__ == "__main__":
+    main()
