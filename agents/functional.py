@@ -30,7 +30,7 @@ second-order, 32 tasks; ``benchmarks/fewshot_maml.py --all`` and the MLP timing 
   Conv-4 meta-batch** (5-way 1-shot, 15 queries): per-task activations stay
   cache-resident and every kernel already sees 75 query images, while stacking the 32
   tasks — grouped convolutions with groups = tasks, which is also what vmap lowers to —
-  measured 1.4x slower (``vmap``), 1.7-3x slower (hand-written grouped Conv-4) and 4x
+  measured 1.6x slower (``vmap``), 1.7-3x slower (hand-written grouped Conv-4) and 4x
   slower (``func`` with hand-written batch norm). It also has the smallest memory
   footprint with ``backward_scale`` (one task's graph at a time).
 * ``"vmap"`` — :func:`torch.func.vmap` over the *forward* only, with per-task copies of θ;

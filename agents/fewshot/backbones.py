@@ -1,9 +1,10 @@
 """Few-shot backbones: the Conv-4 of Vinyals et al. / MAML / ProtoNets, and a small MLP.
 
 Conv-4 is 4 × [3×3 conv with 64 filters, BatchNorm, ReLU, 2×2 max-pool]. Exact
-rewrites make second-order MAML with it ~1.6-1.9× faster on the CPU than the plain layer
-stack, with the same outputs and gradients up to rounding (the tests compare with the
-plain stack in float64; about float32 rounding see ``channels_last`` in :class:`Conv4`):
+rewrites make second-order MAML with it ~1.5× faster on the CPU than the plain layer
+stack (1.6-1.9× on a loaded machine), with the same outputs and gradients up to rounding
+(the tests compare with the plain stack in float64; about float32 rounding see
+``channels_last`` in :class:`Conv4`):
 
 * ReLU is applied *after* the max-pool: the two commute (both are monotone per element,
   and ReLU's zero ties only route gradients to units that ReLU zeroes anyway), and the
@@ -97,8 +98,10 @@ def conv_bn_fused(
         if bn_weight is not None:
             scale = scale * bn_weight
         shift = bn_bias if bn_bias is not None else torch.zeros_like(scale)
-        # The bias and μ cancel: (W c + b) - (W μ + b) = W (c - μ).
-        out = torch.addmm(shift, centred, (mat * scale.unsqueeze(1)).t())
+        # The bias and μ cancel: (W c + b) - (W μ + b) = W (c - μ). A contiguous [k², O]
+        # right operand makes the backward's weight-gradient GEMM ~1.5x faster than a
+        # transposed view does (measured: 9 vs 13.5 ms per 75-image task).
+        out = torch.addmm(shift, centred, (mat * scale.unsqueeze(1)).t().contiguous())
     else:
         scale = torch.rsqrt(running_var + eps)
         if bn_weight is not None:
@@ -108,7 +111,7 @@ def conv_bn_fused(
             shift = shift + bias * scale
         if bn_bias is not None:
             shift = shift + bn_bias
-        out = torch.addmm(shift, cols, (mat * scale.unsqueeze(1)).t())
+        out = torch.addmm(shift, cols, (mat * scale.unsqueeze(1)).t().contiguous())
     # [N·H·W, O] is NHWC memory; the permuted view is NCHW logically, channels-last in
     # memory, which every later layer keeps.
     return out.view(n, h, w, out_channels).permute(0, 3, 1, 2)
