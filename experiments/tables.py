@@ -25,8 +25,16 @@ from metarl.problem import RLProblem
 from metarl.tasks import torch_generator
 
 RUNS = Path(__file__).parent / "runs"
-BANDIT_BASELINES = ["random", "gittins", "ucb1", "thompson", "optimistic-thompson", "eps-greedy",
-                    "greedy", "oracle"]
+BANDIT_BASELINES = [
+    "random",
+    "gittins",
+    "ucb1",
+    "thompson",
+    "optimistic-thompson",
+    "eps-greedy",
+    "greedy",
+    "oracle",
+]
 MDP_BASELINES = ["random", "psrl", "opsrl", "ucrl2", "beb", "eps-greedy", "greedy", "oracle"]
 
 
@@ -67,8 +75,12 @@ def bandit_table(cells: list[tuple[int, int]], num_tasks: int) -> str:
         tasks = problem.sample_test_tasks(num_tasks, seed=0)
         base = baseline_cells(problem, BANDIT_BASELINES, tasks)
         config = f"bandit_k{k}_n{n}"
-        row = [f"n={n}, k={k}", learner_cell(f"{config}_rl2", "rl2", False),
-               learner_cell(f"{config}_snail", "snail", False), *[base[b] for b in BANDIT_BASELINES]]
+        row = [
+            f"n={n}, k={k}",
+            learner_cell(f"{config}_rl2", "rl2", False),
+            learner_cell(f"{config}_snail", "snail", False),
+            *[base[b] for b in BANDIT_BASELINES],
+        ]
         lines.append("| " + " | ".join(row) + " |")
         print(f"bandit n={n} k={k}: {time.perf_counter() - t0:.0f}s", flush=True)
     return "\n".join(lines)
@@ -84,8 +96,12 @@ def mdp_table(ns: list[int], num_tasks: int) -> str:
         tasks = problem.sample_test_tasks(num_tasks, seed=0)
         optimum = dist.optimal_episode_return(tasks).cpu() * n
         base = baseline_cells(problem, MDP_BASELINES, tasks, optimum)
-        row = [str(n), learner_cell(f"mdp_n{n}_rl2", "rl2", True),
-               learner_cell(f"mdp_n{n}_snail", "snail", True), *[base[b] for b in MDP_BASELINES]]
+        row = [
+            str(n),
+            learner_cell(f"mdp_n{n}_rl2", "rl2", True),
+            learner_cell(f"mdp_n{n}_snail", "snail", True),
+            *[base[b] for b in MDP_BASELINES],
+        ]
         lines.append("| " + " | ".join(row) + " |")
         print(f"mdp n={n}: {time.perf_counter() - t0:.0f}s", flush=True)
     return "\n".join(lines)
@@ -94,8 +110,9 @@ def mdp_table(ns: list[int], num_tasks: int) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tasks", type=int, default=1000)
-    parser.add_argument("--cells", default="n10k5,n10k10,n10k50,n100k5,n100k10,n100k50,"
-                                            "n500k5,n500k10,n500k50")
+    parser.add_argument(
+        "--cells", default="n10k5,n10k10,n10k50,n100k5,n100k10,n100k50,n500k5,n500k10,n500k50"
+    )
     parser.add_argument("--mdp", default="10,25,50,75,100")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
