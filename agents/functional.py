@@ -177,11 +177,22 @@ def adapt(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     track = torch.is_grad_enabled()
-    fast = _as_leaves(params, track)
+    return _sgd_steps(lambda fast: loss_fn(fast, data), _as_leaves(params, track), steps, lr,
+                      track, first_order)
+
+
+def _sgd_steps(loss_of: Callable[[Params], Tensor], fast: Params, steps: int, lr: LearningRate,
+               track: bool, first_order: bool) -> Params:
+    """``steps`` inner SGD steps on ``loss_of(fast)``, shared by :func:`adapt` and vmap.
+
+    With ``track`` the steps stay on the autograd graph (second order unless
+    ``first_order``); without it each step's weights are fresh leaves and the result is
+    detached.
+    """
     with torch.enable_grad():
         for _ in range(steps):
-            loss = loss_fn(fast, data)
-            grads = inner_gradients(loss, fast, create_graph=track and not first_order)
+            grads = inner_gradients(loss_of(fast), fast, create_graph=track and not first_order)
+            # α (shaped like its parameter) broadcasts against [tasks, ...] copies too.
             if track:
                 fast = sgd_update(fast, grads, lr)
             else:
@@ -303,21 +314,10 @@ def _adapt_vmap(loss_fn, params, data, tasks, steps, lr, first_order) -> Params:
     """vmap over the forward, one autograd.grad for all tasks (see module docstring)."""
     track = torch.is_grad_enabled()
     batched_loss = torch.func.vmap(loss_fn, in_dims=(0, 0))
-    fast = _per_task(params, tasks, track)
-    with torch.enable_grad():
-        for _ in range(steps):
-            losses = batched_loss(fast, data)
-            grads = inner_gradients(losses.sum(), fast, create_graph=track and not first_order)
-            # α (shaped like its parameter) broadcasts against the [tasks, ...] copies.
-            if track:
-                fast = sgd_update(fast, grads, lr)
-            else:
-                with torch.no_grad():
-                    fast = sgd_update(fast, grads, lr)
-                fast = _as_leaves(fast, track=False)
-    if not track:
-        fast = {k: v.detach() for k, v in fast.items()}
-    return fast
+    # Tasks are independent: the gradient of the summed losses w.r.t. task t's copy is
+    # task t's own gradient.
+    return _sgd_steps(lambda fast: batched_loss(fast, data).sum(),
+                      _per_task(params, tasks, track), steps, lr, track, first_order)
 
 
 def _adapt_func(loss_fn, params, data, steps, lr, first_order) -> Params:

@@ -181,7 +181,7 @@ def test_number_of_dense_blocks_is_ceil_log2_T(T):
     assert num_dense_blocks(T) == len(block.blocks) == expected
     assert block.dilations == [2**i for i in range(expected)]
     # receptive field 1 + sum(dilations) = 2**n covers the sequence
-    assert 1 + sum(block.dilations) >= T
+    assert sum(block.dilations) + 1 >= T  # receptive field covers the whole sequence
 
 
 def test_channel_counts():

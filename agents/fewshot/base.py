@@ -193,3 +193,42 @@ class FewShotLearner:
             self.optimizer.load_state_dict(state["optimizer"])
         self.steps_done = int(state.get("steps_done", 0))
         self.load_extra_state(state.get("extra", {}))
+
+
+class MetricLearner(FewShotLearner):
+    """Shared training and evaluation of metric learners (ProtoNet, Matching Networks).
+
+    There is no inner loop: a subclass only maps a batch to query class log-probabilities
+    (:meth:`query_log_probs`), usually from :meth:`embed`'s embeddings. Its config needs
+    ``tasks_per_pass`` and ``grad_clip``; the embedding network is ``nets["encoder"]``.
+    """
+
+    def embed(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Support and query embeddings ``[tasks, S, D]``, ``[tasks, Q, D]`` in one pass."""
+        tasks, s = batch.support_x.shape[:2]
+        q = batch.query_x.shape[1]
+        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
+        z = self.nets["encoder"](images)
+        return z[: tasks * s].view(tasks, s, -1), z[tasks * s:].view(tasks, q, -1)
+
+    def query_log_probs(self, batch: Any) -> Tensor:
+        """Query class log-probabilities ``[tasks, Q, N]``."""
+        raise NotImplementedError
+
+    def loss_and_accuracy(self, batch: Any) -> tuple[Tensor, Tensor]:
+        """Mean query NLL and per-task query accuracy ``[tasks]``."""
+        log_probs = self.query_log_probs(batch)
+        loss = F.nll_loss(log_probs.flatten(0, 1), batch.query_y.flatten())
+        return loss, (log_probs.argmax(-1) == batch.query_y).float().mean(1)
+
+    def meta_train_step(self, batch: Any, generator: torch.Generator) -> dict[str, float]:
+        """One Adam step on the query NLL of a meta-batch."""
+        return self.episodic_step(batch, self.config.tasks_per_pass, self.loss_and_accuracy,
+                                  self.config.grad_clip)
+
+    @torch.no_grad()
+    def evaluate(self, batch: Any) -> dict[int, Tensor]:
+        """Per-task query accuracy ``{0: [tasks]}`` (no inner steps)."""
+        self.nets.eval()
+        return {0: torch.cat([self.loss_and_accuracy(group)[1] for group in
+                              split_tasks(batch, self.config.tasks_per_pass)])}

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.fewshot.base import FewShotLearner, build_backbone, check_positive, split_tasks
+from agents.fewshot.base import MetricLearner, build_backbone, check_positive
 
 
 @dataclasses.dataclass
@@ -99,7 +99,7 @@ def matching_log_probs(support: Tensor, support_y: Tensor, query: Tensor, num_wa
     return torch.logsumexp(masked, dim=2)                               # [T, Q, N]
 
 
-class MatchingNet(FewShotLearner):
+class MatchingNet(MetricLearner):
     """Matching Networks with a Conv-4 embedding, FCE optional."""
 
     config_cls = MatchingNetConfig
@@ -118,33 +118,11 @@ class MatchingNet(FewShotLearner):
         self.nets.to(self.device)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=config.lr)
 
-    def log_probs(self, batch: Any) -> Tensor:
+    def query_log_probs(self, batch: Any) -> Tensor:
         """Query class log-probabilities ``[tasks, Q, N]``."""
-        tasks, s = batch.support_x.shape[:2]
-        q = batch.query_x.shape[1]
-        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        z = self.nets["encoder"](images)
-        zs, zq = z[: tasks * s].view(tasks, s, -1), z[tasks * s:].view(tasks, q, -1)
+        zs, zq = self.embed(batch)
         if self.config.fce:
             zs = self.nets["fce"].embed_support(zs)
             zq = self.nets["fce"].embed_query(zq, zs)
         return matching_log_probs(zs, batch.support_y, zq, self.num_ways,
                                   self.config.cosine_scale)
-
-    def loss_and_accuracy(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """Mean query NLL and per-task query accuracy ``[tasks]``."""
-        log_probs = self.log_probs(batch)
-        loss = F.nll_loss(log_probs.flatten(0, 1), batch.query_y.flatten())
-        return loss, (log_probs.argmax(-1) == batch.query_y).float().mean(1)
-
-    def meta_train_step(self, batch: Any, generator: torch.Generator) -> dict[str, float]:
-        """One Adam step on the query NLL of a meta-batch."""
-        return self.episodic_step(batch, self.config.tasks_per_pass, self.loss_and_accuracy,
-                                  self.config.grad_clip)
-
-    @torch.no_grad()
-    def evaluate(self, batch: Any) -> dict[int, Tensor]:
-        """Per-task query accuracy ``{0: [tasks]}``."""
-        self.nets.eval()
-        return {0: torch.cat([self.loss_and_accuracy(group)[1] for group in
-                              split_tasks(batch, self.config.tasks_per_pass)])}

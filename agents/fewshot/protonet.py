@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.fewshot.base import FewShotLearner, build_backbone, check_positive, split_tasks
+from agents.fewshot.base import MetricLearner, build_backbone, check_positive
 
 DISTANCES = ("euclidean", "cosine")
 
@@ -72,7 +72,7 @@ def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, num_ways
     return -sq
 
 
-class ProtoNet(FewShotLearner):
+class ProtoNet(MetricLearner):
     """Prototypical Networks with a Conv-4 embedding."""
 
     config_cls = ProtoNetConfig
@@ -87,34 +87,12 @@ class ProtoNet(FewShotLearner):
                                               track_running_stats=True).to(self.device)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=config.lr)
 
-    def embed(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """Support and query embeddings ``[tasks, S, D]``, ``[tasks, Q, D]`` in one pass."""
-        tasks, s = batch.support_x.shape[:2]
-        q = batch.query_x.shape[1]
-        images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
-        z = self.nets["encoder"](images)
-        return z[: tasks * s].view(tasks, s, -1), z[tasks * s:].view(tasks, q, -1)
-
     def logits(self, batch: Any) -> Tensor:
         """Query logits ``[tasks, Q, N]``."""
         zs, zq = self.embed(batch)
         return prototype_logits(zs, batch.support_y, zq, self.num_ways,
                                 self.config.distance, self.config.cosine_scale)
 
-    def loss_and_accuracy(self, batch: Any) -> tuple[Tensor, Tensor]:
-        """Mean query cross-entropy and per-task query accuracy ``[tasks]``."""
-        logits = self.logits(batch)
-        loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
-        return loss, (logits.argmax(-1) == batch.query_y).float().mean(1)
-
-    def meta_train_step(self, batch: Any, generator: torch.Generator) -> dict[str, float]:
-        """One Adam step on the query cross-entropy of a meta-batch."""
-        return self.episodic_step(batch, self.config.tasks_per_pass, self.loss_and_accuracy,
-                                  self.config.grad_clip)
-
-    @torch.no_grad()
-    def evaluate(self, batch: Any) -> dict[int, Tensor]:
-        """Per-task query accuracy ``{0: [tasks]}`` (no inner steps)."""
-        self.nets.eval()
-        return {0: torch.cat([self.loss_and_accuracy(group)[1] for group in
-                              split_tasks(batch, self.config.tasks_per_pass)])}
+    def query_log_probs(self, batch: Any) -> Tensor:
+        # NLL of log-softmax is exactly the cross-entropy of the logits.
+        return torch.log_softmax(self.logits(batch), -1)
