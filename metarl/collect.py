@@ -131,11 +131,12 @@ class Collector:
 
             episodes_done += (done & active).long()
             active = active & (episodes_done < episodes)
-            if t + 1 == t_max or (done.any() and not bool(active.any())):
+            any_done = bool(done.any())  # one host sync per step, reused below
+            if t + 1 == t_max or (any_done and not bool(active.any())):
                 break
             # Reset every row whose episode ended, finished rows too: some backends refuse
             # to step an ended episode, and finished rows are masked out anyway.
-            obs = env.reset(mask=done) if bool(done.any()) else step.obs
+            obs = env.reset(mask=done) if any_done else step.obs
             episode_step = torch.where(done, 0, episode_step + 1)
             episode_start = done
             trial_start = torch.zeros_like(trial_start)
