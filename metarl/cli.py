@@ -47,7 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument(
         "env", nargs="?", help="registered env, path/file.py:Class or package.module:Class"
     )
-    t.add_argument("--config", help="YAML config file (sections env, trial, algo, train)")
+    t.add_argument(
+        "--config", help="YAML config file (sections env, trial, algo, train; data for datasets)"
+    )
     t.add_argument(
         "--set",
         dest="sets",
@@ -95,10 +97,22 @@ def _describe(entry: registry.Entry) -> str:
 
 
 def cmd_list(kind: str) -> int:
-    entries = registry.all_envs() if kind == "envs" else registry.all_algos()
-    width = max(len(n) for n in entries)
-    for name in sorted(entries):
-        print(f"{name:<{width}}  {_describe(entries[name])}")
+    """Lists envs (then few-shot datasets) or meta-RL algorithms (then few-shot learners).
+
+    A few-shot learner may share its name with a meta-RL one (``snail``, ``meta-sgd``):
+    which one trains is decided by ENV, so both are listed, the few-shot one marked.
+    """
+    if kind == "envs":
+        groups = [registry.all_envs()]
+    else:
+        groups = [registry.all_algos(), registry.fewshot_algos()]
+    width = max(len(n) for group in groups for n in group)
+    for group in groups:
+        for name in sorted(group):
+            text = _describe(group[name])
+            if group is not groups[0] and not text.startswith("few-shot"):
+                text = f"few-shot: {text}"
+            print(f"{name:<{width}}  {text}")
     return 0
 
 
@@ -166,8 +180,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         last = runner.run()
     finally:
         runner.close()
-    test = last.get("meta_test/return")
-    summary = f"meta-test return {test:.4g}" if test is not None else "done"
+    key = next((k for k in ("return", "accuracy", "mse") if f"meta_test/{k}" in last), None)
+    summary = f"meta-test {key} {last[f'meta_test/{key}']:.4g}" if key else "done"
     print(f"{summary}; run directory: {run_dir}")
     return 0
 
@@ -194,7 +208,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     curves = evaluate_run(args.run_dir, args.tasks, args.seed, args.out, args.device)
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     for name, curve in curves.items():
-        total = curve.values.sum(0) if curve.x_label == "episode" else curve.values[-1]
+        total = curve.total()
         print(f"{name:<22} {float(total.double().mean()):10.4g}")
     print(f"wrote {out / 'adaptation.csv'}, {out / 'summary.csv'} and {out / 'adaptation.png'}")
     return 0

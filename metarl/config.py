@@ -1,11 +1,15 @@
 """Run configuration: defaults ← YAML file ← ``--set`` overrides ← CLI flags.
 
-A run's configuration has four sections:
+A meta-RL run's configuration has four sections:
 
 * ``env.*``: the task distribution's constructor keyword arguments;
 * ``trial.*``: :class:`TrialConfig` (episodes per trial, time limit);
 * ``algo.*``: the learner's config dataclass (one per algorithm);
 * ``train.*``: :class:`TrainConfig` (iterations, evaluation, checkpoints, device, seed).
+
+A few-shot run (ENV is a dataset such as ``omniglot``) has ``data.*`` (the dataset's
+constructor keyword arguments: ways, shots, queries, ...) in place of ``env.*`` and
+``trial.*``; a section that does not apply to the run's kind is an error.
 
 Every key is checked against the dataclass fields or constructor signature; unknown keys
 are rejected with a did-you-mean hint and wrong types with the expected type; integers must
@@ -29,7 +33,7 @@ from typing import Any
 
 import yaml
 
-SECTIONS = ("env", "trial", "algo", "train")
+SECTIONS = ("env", "trial", "data", "algo", "train")
 TOP_LEVEL = ("algorithm", "environment", *SECTIONS)
 
 #: Integers must fit in a signed 64-bit word: torch, numpy and the seed derivation cannot
@@ -93,6 +97,10 @@ class TrainConfig:
     """Held-out tasks used by the periodic meta-test."""
     checkpoint_every: int = 1
     """Write ``checkpoints/last.pt`` every N iterations (and at the end)."""
+    max_minutes: float = 0.0
+    """Training-time budget of one ``metarl train`` invocation: stop after the iteration
+    that reaches it, with a meta-test and a checkpoint (0 = none). ``--resume`` trains for
+    up to another budget, toward ``iterations``."""
     nan_policy: str = "stop"
     """On a NaN/inf loss or gradient: ``stop`` (keep the last good checkpoint) or ``skip``."""
     threads: int = 0
@@ -121,6 +129,8 @@ class TrainConfig:
         for name, low in minimum.items():
             if getattr(self, name) < low:
                 raise ValueError(f"train.{name} must be >= {low}, got {getattr(self, name)}")
+        if not self.max_minutes >= 0:
+            raise ValueError(f"train.max_minutes must be >= 0, got {self.max_minutes}")
         if not self.worker_timeout > 0:
             raise ValueError(f"train.worker_timeout must be > 0, got {self.worker_timeout}")
         if self.sampler not in ("local", "process", "ray"):
@@ -145,16 +155,34 @@ class RunConfig:
     trial: TrialConfig
     algo: Any
     train: TrainConfig
+    data: dict[str, Any] | None = None
+    """The few-shot dataset's options (None for meta-RL runs, which use env and trial)."""
+
+    @property
+    def fewshot(self) -> bool:
+        return self.data is not None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "algorithm": self.algorithm,
-            "environment": self.environment,
-            "env": dict(self.env),
-            "trial": dataclasses.asdict(self.trial),
+        head: dict[str, Any] = {"algorithm": self.algorithm, "environment": self.environment}
+        if self.fewshot:
+            head["data"] = dict(self.data)
+        else:
+            head["env"] = dict(self.env)
+            head["trial"] = dataclasses.asdict(self.trial)
+        return _lists({
+            **head,
             "algo": dataclasses.asdict(self.algo),
             "train": dataclasses.asdict(self.train),
-        }
+        })
+
+
+def _lists(value: Any) -> Any:
+    """Tuples as lists, recursively: YAML's safe dumper has no tuples."""
+    if isinstance(value, dict):
+        return {k: _lists(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_lists(v) for v in value]
+    return value
 
 
 # ---------------------------------------------------------------------------- parsing
@@ -394,7 +422,8 @@ def build_run_config(
             raise ConfigError(f"{key} must be a name (str), got {short_repr(value)}")
 
     env_cls = resolve_env(str(environment))
-    learner_cls = resolve_algo(str(algorithm))
+    learner_cls = resolve_algo(str(algorithm), env_cls)
+    fewshot = bool(getattr(env_cls, "is_fewshot_dataset", False))
 
     merged: dict[str, dict[str, Any]] = {s: dict(file_data.get(s) or {}) for s in SECTIONS}
     for item in sets:
@@ -405,11 +434,24 @@ def build_run_config(
             merged["train"][key] = value
 
     fields = {
-        "env": constructor_fields(env_cls),
-        "trial": dataclass_fields(TrialConfig),
+        "env": {} if fewshot else constructor_fields(env_cls),
+        "trial": {} if fewshot else dataclass_fields(TrialConfig),
+        "data": constructor_fields(env_cls) if fewshot else {},
         "train": dataclass_fields(TrainConfig),
         "algo": dataclass_fields(learner_cls.config_cls),
     }
+    for section in ("env", "trial") if fewshot else ("data",):
+        if merged[section]:
+            key = next(iter(merged[section]))
+            if fewshot:
+                raise ConfigError(
+                    f"{section}.{show_name(key)}: {environment!r} is a few-shot dataset, which "
+                    f"takes data.* options ({', '.join(fields['data'])}), not {section}.*"
+                )
+            raise ConfigError(
+                f"data.{show_name(key)}: data.* options are for few-shot datasets "
+                f"(omniglot, sinusoid); env {environment!r} takes env.* and trial.*"
+            )
     for section in SECTIONS:
         for key in merged[section]:
             if key in fields[section]:
@@ -418,10 +460,18 @@ def build_run_config(
             home = [s for s in SECTIONS if isinstance(key, str) and key in fields[s]]
             if home:
                 raise ConfigError(f"unknown key {section}.{key}; did you mean {home[0]}.{key}?")
-    env_kwargs = {
-        **constructor_defaults(env_cls),
-        **check_fields("env", merged["env"], fields["env"]),
-    }
+    if fewshot:
+        data_kwargs = {
+            **constructor_defaults(env_cls),
+            **check_fields("data", merged["data"], fields["data"]),
+        }
+        env_kwargs = {}
+    else:
+        data_kwargs = None
+        env_kwargs = {
+            **constructor_defaults(env_cls),
+            **check_fields("env", merged["env"], fields["env"]),
+        }
     trial_kwargs = check_fields("trial", merged["trial"], fields["trial"])
     train_kwargs = check_fields("train", merged["train"], fields["train"])
     algo_kwargs = check_fields("algo", merged["algo"], fields["algo"])
@@ -437,7 +487,9 @@ def build_run_config(
         raise ConfigError(f"trial.episodes must be >= 1, got {trial.episodes}")
     if trial.max_episode_steps is not None and trial.max_episode_steps < 1:
         raise ConfigError(f"trial.max_episode_steps must be >= 1, got {trial.max_episode_steps}")
-    config = RunConfig(str(algorithm), str(environment), env_kwargs, trial, algo, train)
+    config = RunConfig(
+        str(algorithm), str(environment), env_kwargs, trial, algo, train, data_kwargs
+    )
     return config, env_cls, learner_cls
 
 

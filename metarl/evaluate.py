@@ -7,6 +7,9 @@ Writes, in the output directory:
 * ``summary.csv``: each learner's mean trial return with its CI, and the return normalised
   by the env's exact optimum where the env provides one;
 * ``adaptation.png``: the curves with shaded CIs;
+* for few-shot runs, query accuracy (or MSE) in place of the return, against inner
+  gradient steps or shots seen, with a chance-level baseline (and ``fits.png`` for
+  sinusoid regression);
 * a TensorBoard event file with the same curves (``adaptation/<learner>`` against x).
 """
 
@@ -88,9 +91,10 @@ def write_outputs(
         writer = csv.writer(f)
         writer.writerow(["learner", "mean_total", "ci_low", "ci_high", "normalised", "n_tasks"])
         for name, curve in curves.items():
-            # Episode curves: the whole trial's return. Other curves: the last x (after the
-            # last gradient step, or at the end of a from-scratch learning curve).
-            total = curve.values.sum(0) if curve.x_label == "episode" else curve.values[-1]
+            # Episode curves: the whole trial's return. Other curves: the headline x (by
+            # default the last: after the last gradient step, or at the end of a
+            # from-scratch learning curve).
+            total = curve.total()
             m, lo, hi = mean_ci(total)
             norm = ""
             if optimum is not None and bool((optimum > 0).all()):
@@ -138,7 +142,16 @@ def _plot(path: Path, curves: dict[str, Curve], title: str) -> None:
             ax.plot(curve.x, [s[0] for s in stats], style, label=name, linewidth=width)
             ax.fill_between(curve.x, [s[1] for s in stats], [s[2] for s in stats], alpha=0.2)
         ax.set_xlabel(label)
-        ax.set_ylabel("mean return per episode (95% CI)")
+        y_label = next(c.y_label for c in curves.values() if c.x_label == label)
+        ax.set_ylabel(f"{y_label} (95% CI)")
+        if "MSE" in y_label:
+            # Errors span decades, and an inner loop iterated past its training can diverge:
+            # a log axis, capped at 10x the largest unadapted (x = first) error.
+            ax.set_yscale("log")
+            start = [float(c.values[0].double().mean()) for c in curves.values()]
+            finite = [v for v in start if math.isfinite(v) and v > 0]
+            if finite:
+                ax.set_ylim(top=10 * max(finite))
         ax.set_title(title if label == labels[0] else f"from scratch, against {label}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, ncol=2)
@@ -199,18 +212,30 @@ def evaluate_run(
     seed = config.train.seed if seed is None else seed
     tasks = problem.sample_test_tasks(num_tasks, seed)
     curves = learner.evaluate(tasks, torch_generator(seed, EVAL_SEED_STREAM, device=dev))
-    if next(iter(curves.values())).x_label == "episode":
-        curves.update(
-            baseline_curves(problem, tasks, torch_generator(seed, EVAL_SEED_STREAM, 1, device=dev))
-        )
+    baseline_generator = torch_generator(seed, EVAL_SEED_STREAM, 1, device=dev)
+    learner_curve = curves[config.algorithm]
+    if learner_curve.x_label == "episode":
+        curves.update(baseline_curves(problem, tasks, baseline_generator))
+    elif hasattr(problem, "baseline_values"):
+        # Few-shot: chance-level baselines, flat across the learner's x (they do not adapt).
+        for name, values in problem.baseline_values(tasks, baseline_generator).items():
+            curves[name] = Curve(
+                learner_curve.x,
+                values.cpu().expand(len(learner_curve.x), -1),
+                learner_curve.x_label,
+                y_label=learner_curve.y_label,
+                headline=learner_curve.headline,
+            )
+    distribution = getattr(problem, "distribution", None)
     optimum = None
-    if hasattr(problem.distribution, "optimal_episode_return"):
-        optimum = problem.distribution.optimal_episode_return(tasks) * problem.episodes
+    if hasattr(distribution, "optimal_episode_return"):
+        optimum = distribution.optimal_episode_return(tasks) * problem.episodes
     out_dir = Path(out) if out else run_dir / "eval"
     write_outputs(out_dir, curves, optimum, title=f"{config.algorithm} on {config.environment}")
-    learner_curve = curves[config.algorithm]
-    if hasattr(problem.distribution, "trial_images") and learner_curve.batch is not None:
+    if hasattr(distribution, "trial_images") and learner_curve.batch is not None:
         # Envs that can draw trials (the maze: episode paths side by side) get a few PNGs.
-        _save_trial_images(out_dir, problem.distribution, tasks, learner_curve.batch)
+        _save_trial_images(out_dir, distribution, tasks, learner_curve.batch)
+    if hasattr(learner, "save_figures"):
+        learner.save_figures(out_dir, tasks)  # e.g. sinusoid fits against the true curves
     problem.close()
     return curves

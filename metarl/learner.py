@@ -24,6 +24,9 @@ class Curve:
         x_label: What x counts, e.g. ``"episode"`` or ``"gradient step"``.
         lengths: Optional ``[len(x), n_tasks]`` episode lengths (for episode curves).
         batch: Optional trajectories the curve was measured on (e.g. to draw paths).
+        y_label: What the values are (plot axis label).
+        headline: Index into ``x`` of the value a summary reports for non-episode curves
+            (default: the last x).
     """
 
     x: list[int]
@@ -31,6 +34,13 @@ class Curve:
     x_label: str
     lengths: torch.Tensor | None = None
     batch: Any = dataclasses.field(default=None, repr=False, compare=False)
+    y_label: str = "mean return per episode"
+    headline: int = -1
+
+    def total(self) -> torch.Tensor:
+        """Per-task summary: the whole trial's return for episode curves, else the values
+        at ``headline`` (e.g. after the last gradient step)."""
+        return self.values.sum(0) if self.x_label == "episode" else self.values[self.headline]
 
     def __post_init__(self) -> None:
         if self.values.dim() != 2 or self.values.shape[0] != len(self.x):

@@ -85,7 +85,25 @@ ENVS: dict[str, Entry] = {
     ]
 }
 
-#: Algorithm name → implementation. All current learners are meta-RL learners.
+#: Few-shot datasets: trained on by the few-shot learners (:data:`FEWSHOT_ALGOS`), with
+#: ``data.*`` options where envs take ``env.*``.
+DATASETS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry(
+            "omniglot",
+            "agents.fewshot.problem:OmniglotTasks",
+            "few-shot: Omniglot N-way K-shot classification (1,200/423 characters, rotations)",
+        ),
+        Entry(
+            "sinusoid",
+            "agents.fewshot.problem:SinusoidTasks",
+            "few-shot: sinusoid regression, A ~ U[0.1,5], phase ~ U[0,pi] (MAML)",
+        ),
+    ]
+}
+
+#: Meta-RL algorithm name → implementation (trained on the envs above).
 ALGOS: dict[str, Entry] = {
     e.name: e
     for e in [
@@ -113,6 +131,50 @@ ALGOS: dict[str, Entry] = {
 }
 
 
+#: Few-shot learner name → implementation (trained on :data:`DATASETS`). ``maml``,
+#: ``meta-sgd`` and ``snail`` share their adaptation code and blocks with the RL learners.
+FEWSHOT_ALGOS: dict[str, Entry] = {
+    e.name: e
+    for e in [
+        Entry(
+            "maml",
+            "agents.fewshot.algorithms:MAMLAlgorithm",
+            "MAML on Conv-4 (second or first order), inner SGD via torch.func",
+        ),
+        Entry(
+            "meta-sgd",
+            "agents.fewshot.algorithms:MetaSGDAlgorithm",
+            "Meta-SGD: MAML with a meta-learned per-parameter inner step",
+        ),
+        Entry(
+            "snail",
+            "agents.fewshot.algorithms:SNAILAlgorithm",
+            "SNAIL: TC + attention over (embedding, label) pairs, query last",
+        ),
+        Entry(
+            "protonet",
+            "agents.fewshot.algorithms:ProtoNetAlgorithm",
+            "Prototypical Networks: nearest class mean in a Conv-4 embedding",
+        ),
+        Entry(
+            "matchingnet",
+            "agents.fewshot.algorithms:MatchingNetAlgorithm",
+            "Matching Networks: cosine attention over the support set (optional FCE)",
+        ),
+        Entry(
+            "reptile",
+            "agents.fewshot.algorithms:ReptileAlgorithm",
+            "Reptile: first-order, moves the weights toward task-adapted weights",
+        ),
+        Entry(
+            "metanet",
+            "agents.fewshot.algorithms:MetaNetAlgorithm",
+            "MetaNet: fast weights from loss gradients, layer augmentation, task memory",
+        ),
+    ]
+}
+
+
 def _entry_points(group: str) -> dict[str, Entry]:
     found = {}
     for ep in importlib.metadata.entry_points(group=group):
@@ -121,12 +183,23 @@ def _entry_points(group: str) -> dict[str, Entry]:
 
 
 def all_envs() -> dict[str, Entry]:
-    """Built-in envs plus those registered by installed plug-ins."""
-    return {**_entry_points("metarl.envs"), **ENVS}
+    """Built-in envs and few-shot datasets plus envs registered by installed plug-ins."""
+    return {**_entry_points("metarl.envs"), **ENVS, **DATASETS}
 
 
 def all_algos() -> dict[str, Entry]:
+    """Meta-RL algorithms, including plug-ins' (few-shot learners: :func:`fewshot_algos`)."""
     return {**_entry_points("metarl.algos"), **ALGOS}
+
+
+def fewshot_algos() -> dict[str, Entry]:
+    """The few-shot learners, trained on the datasets of :data:`DATASETS`."""
+    return dict(FEWSHOT_ALGOS)
+
+
+def is_dataset(env_cls: Any) -> bool:
+    """Whether a resolved ``ENV`` is a few-shot dataset rather than a task distribution."""
+    return bool(getattr(env_cls, "is_fewshot_dataset", False))
 
 
 def load_target(spec: str) -> Any:
@@ -190,9 +263,25 @@ def resolve_env(name: str) -> Any:
     raise _unknown("env", name, known)
 
 
-def resolve_algo(name: str) -> Any:
-    """The learner class registered as ``name``."""
-    known = all_algos()
+def resolve_algo(name: str, env_cls: Any = None) -> Any:
+    """The learner class registered as ``name`` for the kind of ``env_cls``.
+
+    Few-shot datasets take the few-shot learners, task distributions the meta-RL ones; a
+    name that exists only for the other kind gets an error saying so.
+    """
+    fewshot = is_dataset(env_cls)
+    known, other = (fewshot_algos(), all_algos()) if fewshot else (all_algos(), fewshot_algos())
+    if name not in known and name in other:
+        if fewshot:
+            raise RegistryError(
+                f"algorithm {name!r} is a meta-RL learner and trains on envs, not on a few-shot "
+                f"dataset; few-shot learners: {', '.join(sorted(known))}"
+            )
+        raise RegistryError(
+            f"algorithm {name!r} is a few-shot learner and trains on a dataset "
+            f"({', '.join(sorted(DATASETS))}), not on an env; meta-RL learners: "
+            f"{', '.join(sorted(known))}"
+        )
     if name in known:
         cls = load_target(known[name].target)
         cls.registered_name = name

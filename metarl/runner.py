@@ -51,8 +51,19 @@ class RunDirError(ValueError):
 
 
 def build_problem(config: RunConfig, env_cls: Any, device: torch.device) -> RLProblem:
-    """Instantiates the task distribution and wraps it in an :class:`RLProblem`."""
+    """Instantiates the task distribution and wraps it in an :class:`RLProblem`.
+
+    A few-shot dataset (``config.data`` set) is its own problem: it is built from the
+    ``data.*`` options and loaded onto ``device``.
+    """
     name = config.environment
+    if config.fewshot:
+        try:
+            return env_cls(**config.data).to(device)
+        except (TypeError, ValueError) as e:
+            raise EnvError(f"dataset {name!r}: {e}") from None
+        except OSError as e:  # e.g. a data.dir without the Omniglot files
+            raise EnvError(f"dataset {name!r}: {e}") from None
     try:
         distribution = env_cls(**config.env)
     except (TypeError, ValueError) as e:
@@ -128,10 +139,12 @@ def mean_curve_metrics(
 ) -> dict[str, float]:
     curve = curves[name]
     means = curve.values.float().mean(1)
+    # "return" for meta-RL; few-shot learners report "accuracy" or "mse".
+    metric = getattr(learner, "metric_name", "return")
     return {
-        f"{prefix}/return": learner.summary_metric(curves, name),
-        f"{prefix}/return_first": float(means[0]),
-        f"{prefix}/return_last": float(means[-1]),
+        f"{prefix}/{metric}": learner.summary_metric(curves, name),
+        f"{prefix}/{metric}_first": float(means[0]),
+        f"{prefix}/{metric}_last": float(means[-1]),
     }
 
 
@@ -278,7 +291,8 @@ class Runner:
         """Trains until ``train.iterations``; returns the last logged metrics.
 
         ``run.json`` says ``running`` while training, ``complete`` only once every
-        iteration ran and the final checkpoint is on disk, ``failed`` or ``interrupted``
+        iteration ran and the final checkpoint is on disk, ``stopped (time budget)`` when
+        ``train.max_minutes`` ended it early (with a checkpoint), ``failed`` or ``interrupted``
         (with the iteration of the last checkpoint) when an exception ends the run.
 
         Raises:
@@ -303,6 +317,7 @@ class Runner:
         try:
             logger = MetricsLogger(self.run_dir, self.start_iteration, resume=self.resume)
             bar = _progress(self.start_iteration, cfg.iterations, self.progress)
+            session_start = time.perf_counter()
             for it in range(self.start_iteration, cfg.iterations):
                 t0 = time.perf_counter()
                 tasks = self.problem.sample_train_tasks(
@@ -326,7 +341,11 @@ class Runner:
                     print(
                         f"metarl: iteration {it}: {e.name} is {e.value}; update skipped", flush=True
                     )
-                if cfg.eval_every and ((it + 1) % cfg.eval_every == 0 or it + 1 == cfg.iterations):
+                out_of_time = bool(cfg.max_minutes) and (
+                    time.perf_counter() - session_start >= cfg.max_minutes * 60
+                )
+                last_iteration = it + 1 == cfg.iterations or out_of_time
+                if cfg.eval_every and ((it + 1) % cfg.eval_every == 0 or last_iteration):
                     metrics.update(self.meta_test(it))
                 dt = time.perf_counter() - t0
                 self.elapsed += dt
@@ -336,11 +355,19 @@ class Runner:
                     metrics["time/env_steps_per_s"] = metrics["meta_train/env_steps"] / dt
                 logger.log(it, metrics)
                 last = metrics
-                if (it + 1) % cfg.checkpoint_every == 0 or it + 1 == cfg.iterations:
+                if (it + 1) % cfg.checkpoint_every == 0 or last_iteration:
                     self._save(it + 1)
                     self.checkpointed = it + 1
                     self._status("running", iteration=it + 1)
                 bar.update(metrics)
+                if out_of_time and it + 1 < cfg.iterations:
+                    stopped_at = it + 1
+                    print(
+                        f"metarl: train.max_minutes={cfg.max_minutes:g} reached after "
+                        f"iteration {stopped_at}; stopped with a checkpoint",
+                        flush=True,
+                    )
+                    break
         except BaseException as e:
             if bar is not None:
                 bar.close()
@@ -361,9 +388,10 @@ class Runner:
         bar.close()
         logger.close()
         self.problem.close()
+        done = self.checkpointed
         self._status(
-            "complete",
-            iteration=cfg.iterations,
+            "complete" if done >= cfg.iterations else "stopped (time budget)",
+            iteration=done,
             elapsed_s=round(self.elapsed, 2),
             **{k: v for k, v in last.items() if k.startswith("meta_test/")},
         )
@@ -385,9 +413,15 @@ class _progress:
     def update(self, metrics: dict[str, float]) -> None:
         if self.bar is None:
             return
-        self.test = metrics.get("meta_test/return", self.test)
+        for key in ("meta_test/return", "meta_test/accuracy", "meta_test/mse"):
+            self.test = metrics.get(key, self.test)
+        train = next(
+            (metrics[k] for k in ("meta_train/return", "meta_train/accuracy", "meta_train/mse")
+             if k in metrics),
+            math.nan,
+        )
         self.bar.set_postfix(
-            ret=f"{metrics.get('meta_train/return', math.nan):.3g}",
+            train=f"{train:.3g}",
             test=f"{self.test:.3g}",
             refresh=False,
         )
@@ -428,7 +462,7 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
     for key in ("algorithm", "environment"):
         if saved.get(key) != current.get(key):
             return f"{key}: {saved.get(key)!r} in the checkpoint, {current.get(key)!r} now"
-    for section in ("env", "trial", "algo"):
+    for section in ("env", "trial", "data", "algo"):
         old, new = saved.get(section) or {}, current.get(section) or {}
         # Only options both sides know: an option added to metarl after the checkpoint was
         # written (with a default that keeps the old behaviour) must not block a resume.

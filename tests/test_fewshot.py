@@ -26,6 +26,7 @@ from agents.fewshot.metanet import MetaNet, MetaNetConfig, augmented_linear
 from agents.fewshot.protonet import ProtoNet, ProtoNetConfig
 from agents.fewshot.reptile import Reptile, ReptileConfig
 from agents.fewshot.sampler import ClassificationSampler, FewShotBatch, SinusoidSampler
+from agents.fewshot.snail import SNAILClassifier, SNAILClassifierConfig
 
 
 @pytest.fixture(autouse=True)
@@ -197,6 +198,8 @@ LEARNERS = {
     "metanet": (lambda: MetaNet(MetaNetConfig(hidden=8, head_hidden=16, rep_dim=16, lr=5e-3,
                                               tasks_per_pass=0),
                                 5, (1, SIZE, SIZE)), 60),
+    "snail": (lambda: SNAILClassifier(SNAILClassifierConfig(hidden=8, blocks="small",
+                                                            lr=3e-3), 5, (1, SIZE, SIZE)), 200),
 }
 
 

@@ -2,7 +2,8 @@
 
 Every learner implements the interface of :class:`agents.fewshot.base.FewShotLearner`
 (``meta_train_step``, ``evaluate``, ``state_dict``) and has one config dataclass
-(``Learner.config_cls``). :data:`LEARNERS` maps a short name to the learner class.
+(``Learner.config_cls``). :data:`LEARNERS` maps the registered name (``metarl train NAME
+omniglot``) to the learner class; :mod:`agents.fewshot.algorithms` wraps them for the runner.
 
 Example:
     >>> import torch
@@ -26,15 +27,17 @@ from agents.fewshot.matching import MatchingNet
 from agents.fewshot.metanet import MetaNet
 from agents.fewshot.protonet import ProtoNet
 from agents.fewshot.reptile import Reptile
+from agents.fewshot.snail import SNAILClassifier
 
 LEARNERS: dict[str, type[FewShotLearner]] = {
     "maml": MAML,
-    "metasgd": MetaSGD,
+    "meta-sgd": MetaSGD,
     "reptile": Reptile,
     "protonet": ProtoNet,
-    "matching": MatchingNet,
+    "matchingnet": MatchingNet,
     "metanet": MetaNet,
+    "snail": SNAILClassifier,
 }
 
 __all__ = ["LEARNERS", "MAML", "FewShotLearner", "MatchingNet", "MetaNet", "MetaSGD",
-           "ProtoNet", "Reptile"]
+           "ProtoNet", "Reptile", "SNAILClassifier"]

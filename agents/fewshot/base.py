@@ -26,6 +26,14 @@ from agents.fewshot.backbones import MLP, Conv4
 from agents.fewshot.sampler import FewShotBatch
 
 
+@dataclasses.dataclass
+class EpisodicConfig:
+    """What every few-shot learner's config shares (the fields come first in each)."""
+
+    meta_batch: int = 32
+    """Tasks per meta-batch, i.e. per outer update (MAML: 32 for 5-way Omniglot)."""
+
+
 def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
     """Raises ``ValueError("algo.<name> ...")`` for non-positive fields of ``config``."""
     for name in names:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from agents import functional as fn
 from agents.fewshot.base import (
+    EpisodicConfig,
     FewShotLearner,
     build_backbone,
     check_positive,
@@ -30,7 +31,7 @@ from agents.fewshot.base import (
 
 
 @dataclasses.dataclass
-class MAMLConfig:
+class MAMLConfig(EpisodicConfig):
     """MAML settings (defaults: the paper's Omniglot 5-way setup)."""
 
     inner_lr: float = 0.4
@@ -60,7 +61,7 @@ class MAMLConfig:
     carry ~3e-4 relative rounding instead of ~1e-6 (see ``backbones.Conv4``)."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "inner_lr", "meta_lr", "hidden")
+        check_positive(self, "meta_batch", "inner_lr", "meta_lr", "hidden")
         check_positive(self, "inner_steps", "eval_inner_steps", "grad_clip", allow_zero=True)
         if self.method not in (*fn.METHODS, "auto"):
             raise ValueError(f"algo.method must be one of auto, {', '.join(fn.METHODS)}, "
@@ -108,6 +109,11 @@ class MAML(FewShotLearner):
         return self.config.inner_lr
 
     # ---------------------------------------------------------- objective
+    def eval_lr(self) -> fn.LearningRate:
+        """The inner step size without a graph to the meta-parameters (for evaluation)."""
+        lr = self.inner_lr()
+        return {k: v.detach() for k, v in lr.items()} if isinstance(lr, dict) else lr
+
     def inner_loss(self, params: fn.Params, data: tuple[Tensor, Tensor]) -> Tensor:
         """Support loss of one task at ``params``."""
         x, y = data
@@ -156,9 +162,7 @@ class MAML(FewShotLearner):
         """
         self.nets.eval()
         steps = self.config.eval_inner_steps
-        lr = self.inner_lr()
-        if isinstance(lr, dict):
-            lr = {k: v.detach() for k, v in lr.items()}
+        lr = self.eval_lr()
         theta = fn.params_of(self.model, detach=True)
         results = torch.zeros(steps + 1, batch.support_x.shape[0], device=self.device)
         for t in range(batch.support_x.shape[0]):

@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.fewshot.base import MetricLearner, build_backbone, check_positive
+from agents.fewshot.base import EpisodicConfig, MetricLearner, build_backbone, check_positive
 
 
 @dataclasses.dataclass
-class MatchingNetConfig:
+class MatchingNetConfig(EpisodicConfig):
     """Matching Network settings."""
 
     lr: float = 1e-3
@@ -50,7 +50,7 @@ class MatchingNetConfig:
     faster than embedding 32 tasks at once (activations stay cache-resident)."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "lr", "hidden", "fce_steps", "cosine_scale")
+        check_positive(self, "meta_batch", "lr", "hidden", "fce_steps", "cosine_scale")
         check_positive(self, "grad_clip", "tasks_per_pass", allow_zero=True)
 
 

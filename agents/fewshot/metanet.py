@@ -39,11 +39,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from agents.fewshot.base import FewShotLearner, build_backbone, check_positive, split_tasks
+from agents.fewshot.base import (
+    EpisodicConfig,
+    FewShotLearner,
+    build_backbone,
+    check_positive,
+    split_tasks,
+)
 
 
 @dataclasses.dataclass
-class MetaNetConfig:
+class MetaNetConfig(EpisodicConfig):
     """Meta Networks settings."""
 
     lr: float = 1e-3
@@ -79,7 +85,7 @@ class MetaNetConfig:
     faster than embedding 32 tasks at once (activations stay cache-resident)."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "lr", "hidden", "head_hidden", "rep_dim", "meta_hidden",
+        check_positive(self, "meta_batch", "lr", "hidden", "head_hidden", "rep_dim", "meta_hidden",
                        "emb_pairs", "grad_preprocess_p", "attention_scale")
         check_positive(self, "grad_clip", "tasks_per_pass", allow_zero=True)
 

@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from agents.fewshot.base import MetricLearner, build_backbone, check_positive
+from agents.fewshot.base import EpisodicConfig, MetricLearner, build_backbone, check_positive
 
 DISTANCES = ("euclidean", "cosine")
 
 
 @dataclasses.dataclass
-class ProtoNetConfig:
+class ProtoNetConfig(EpisodicConfig):
     """Prototypical Network settings."""
 
     lr: float = 1e-3
@@ -41,7 +41,7 @@ class ProtoNetConfig:
     faster than embedding 32 tasks at once (activations stay cache-resident)."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "lr", "hidden", "cosine_scale")
+        check_positive(self, "meta_batch", "lr", "hidden", "cosine_scale")
         check_positive(self, "grad_clip", "tasks_per_pass", allow_zero=True)
         if self.distance not in DISTANCES:
             raise ValueError(f"algo.distance must be one of {', '.join(DISTANCES)}, "

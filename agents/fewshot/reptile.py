@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from agents import functional as fn
 from agents.fewshot.base import (
+    EpisodicConfig,
     FewShotLearner,
     build_backbone,
     check_positive,
@@ -32,7 +33,7 @@ from agents.fewshot.base import (
 
 
 @dataclasses.dataclass
-class ReptileConfig:
+class ReptileConfig(EpisodicConfig):
     """Reptile settings."""
 
     inner_lr: float = 0.05
@@ -53,7 +54,7 @@ class ReptileConfig:
     """Hidden sizes of the MLP used for vector inputs (sinusoid regression)."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "inner_lr", "outer_lr", "hidden", "inner_steps")
+        check_positive(self, "meta_batch", "inner_lr", "outer_lr", "hidden", "inner_steps")
         check_positive(self, "eval_inner_steps", "anneal_steps", allow_zero=True)
         self.mlp_hidden = tuple(int(h) for h in self.mlp_hidden)
 
@@ -83,6 +84,10 @@ class Reptile(FewShotLearner):
     def model(self) -> nn.Module:
         """The network whose initial weights θ are meta-learned."""
         return self.nets["model"]
+
+    def eval_lr(self) -> float:
+        """The inner step size used at evaluation."""
+        return self.config.inner_lr
 
     def inner_loss(self, params: fn.Params, data: tuple[Tensor, Tensor]) -> Tensor:
         """Training loss of one task at ``params``."""
