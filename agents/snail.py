@@ -61,6 +61,17 @@ def _batch_rows(batch_size: int, device: torch.device) -> torch.Tensor:
     return torch.arange(batch_size, device=device)
 
 
+def _common_position(position: torch.Tensor) -> int | None:
+    """The position shared by every row, or None if rows differ.
+
+    In a collection every trial starts together, so rows step in lockstep: plain slicing
+    then replaces the gathers and scatters of per-row positions (these were ~15% of a
+    SNAIL step at B = 1024).
+    """
+    first = int(position[0])
+    return first if bool((position == first).all()) else None
+
+
 class DenseBlock(nn.Module):
     """Causal dilated convolution (kernel 2) with a gated activation, concatenated to input.
 
@@ -95,7 +106,9 @@ class DenseBlock(nn.Module):
 
     def _gate(self, z: torch.Tensor) -> torch.Tensor:
         xf, xg = z.chunk(2, dim=-1)
-        return torch.tanh(xf) * torch.sigmoid(xg)
+        # tanh(x) = 2·sigmoid(2x) − 1, exactly; torch 2.13's CPU tanh is ~9x slower than its
+        # sigmoid (150 vs 16 µs on [1024, 32]), and the gate runs in every dense block.
+        return (2 * torch.sigmoid(2 * xf) - 1) * torch.sigmoid(xg)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, C] -> [T, B, C + F]``."""
@@ -136,15 +149,22 @@ class DenseBlock(nn.Module):
     def step_new(self, x: torch.Tensor, cache: Cache) -> torch.Tensor:
         """Only the ``F`` new channels of one step (what :meth:`step` appends to ``x``)."""
         ring, position = cache
-        rows = _batch_rows(x.shape[0], x.device)
-        slot = position % self.dilation
-        past = ring[rows, slot]  # advanced indexing copies: safe to overwrite the slot next
         # Both taps in one matrix product: [now | past] outputs of this input.
         weight = torch.cat([self.tap_now.weight, self.tap_past.weight])
         z_now, p_now = (x @ weight.T).split(2 * self.filters, dim=-1)
-        ring[rows, slot] = p_now
+        common = _common_position(position)
+        if common is not None:
+            slot = common % self.dilation
+            out = self._gate(z_now + self.tap_now.bias + ring[:, slot])  # read, then overwrite
+            ring[:, slot] = p_now
+        else:
+            rows = _batch_rows(x.shape[0], x.device)
+            slot = position % self.dilation
+            past = ring[rows, slot]  # advanced indexing copies: safe to overwrite the slot next
+            ring[rows, slot] = p_now
+            out = self._gate(z_now + self.tap_now.bias + past)
         position += 1
-        return self._gate(z_now + self.tap_now.bias + past)
+        return out
 
 
 class TCBlock(nn.Module):
@@ -288,15 +308,22 @@ class AttentionBlock(nn.Module):
                 ],
                 dim=1,
             )
-        rows = _batch_rows(x.shape[0], x.device)
-        keys[rows, position] = self.key(x)
-        values[rows, position] = self.value(x)
+        common = _common_position(position)
+        if common is not None:
+            keys[:, common] = self.key(x)
+            values[:, common] = self.value(x)
+        else:
+            rows = _batch_rows(x.shape[0], x.device)
+            keys[rows, position] = self.key(x)
+            values[rows, position] = self.value(x)
         q = self.query(x)  # [B, K]
         seen_k, seen_v = keys[:, :length], values[:, :length]
         scores = torch.bmm(seen_k, q.unsqueeze(-1)).squeeze(-1) / self._scale  # [B, length]
-        # Rows behind the furthest row must not read stale slots beyond their own position.
-        ahead = torch.arange(length, device=x.device) > position.unsqueeze(-1)
-        probs = torch.softmax(scores.masked_fill(ahead, float("-inf")), dim=-1)
+        if common is None:
+            # Rows behind the furthest row must not read stale slots beyond their position.
+            ahead = torch.arange(length, device=x.device) > position.unsqueeze(-1)
+            scores = scores.masked_fill(ahead, float("-inf"))
+        probs = torch.softmax(scores, dim=-1)
         read = torch.bmm(probs.unsqueeze(1), seen_v).squeeze(1)  # [B, V]
         position += 1
         return read, (keys, values, position)
