@@ -63,21 +63,23 @@ class FewShotAlgorithm(Learner):
         check_finite("loss", stats["loss"])
         if "grad_norm" in stats:
             check_finite("gradient norm", stats["grad_norm"])
-        # The runner files names starting with "loss" under losses/, the rest under meta_train/.
-        return {("loss" if k == "loss" else k): float(v) for k, v in stats.items()}
+        # The runner files "loss" under losses/ and the rest (accuracy, mse) under meta_train/.
+        return {k: float(v) for k, v in stats.items()}
 
     @property
     def x_label(self) -> str:
         return "gradient step" if self.learner.gradient_based else "shots"
 
-    @torch.no_grad()
     def evaluate(self, tasks: Any, generator: torch.Generator) -> dict[str, Curve]:
-        """Per-task query accuracy (MSE) of held-out ``tasks`` (an iterable of batches)."""
+        """Per-task query accuracy (MSE) of held-out ``tasks`` (an iterable of batches).
+
+        Each learner's ``evaluate`` manages its own grad mode (inner loops take gradients
+        without building a graph to the meta-parameters).
+        """
         parts: dict[int, list[torch.Tensor]] = {}
-        with torch.enable_grad():  # inner loops take gradients even at evaluation
-            for batch in tasks:
-                for x, values in self.learner.evaluate(batch).items():
-                    parts.setdefault(x, []).append(values.detach().float().cpu())
+        for batch in tasks:
+            for x, values in self.learner.evaluate(batch).items():
+                parts.setdefault(x, []).append(values.detach().float().cpu())
         xs = sorted(parts)
         # Learners without an inner loop report one point, at K shots.
         xs_shown = [self.problem.shots] if not self.learner.gradient_based and xs == [0] else xs
