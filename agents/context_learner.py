@@ -58,7 +58,16 @@ class ContextConfig:
     clip: float = 0.2
     """PPO ratio clip ε."""
     entropy_coef: float = 0.01
-    """Entropy bonus weight (PPO and VPG)."""
+    """Entropy bonus weight (PPO and VPG); the starting value when ``entropy_coef_final``
+    is set."""
+    entropy_coef_final: float | None = None
+    """If set, the entropy weight moves linearly from ``entropy_coef`` at the first
+    iteration to this at the last (``train.iterations``). A bonus that explores early
+    costs return late: the evaluated policy samples its actions, so leftover entropy is
+    paid for on every held-out trial."""
+    lr_final: float | None = None
+    """If set, the Adam learning rate moves linearly from ``lr`` to this over
+    ``train.iterations`` (CleanRL-style annealing; None keeps it constant)."""
     value_coef: float = 0.5
     """Value-loss weight when policy and value share the trunk (PPO, VPG)."""
     max_grad_norm: float = 1.0
@@ -86,6 +95,9 @@ class ContextConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"algo.{name} must be > 0, got {getattr(self, name)}")
+        for name in ("entropy_coef_final", "lr_final"):
+            if getattr(self, name) is not None and getattr(self, name) < 0:
+                raise ValueError(f"algo.{name} must be >= 0, got {getattr(self, name)}")
         for name in ("entropy_coef", "value_coef", "damping", "obs_embed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"algo.{name} must be >= 0, got {getattr(self, name)}")
@@ -217,6 +229,8 @@ class ContextLearner(Learner):
         )
         self.optimizer = torch.optim.Adam(params, lr=config.lr, eps=1e-5)
         self.policy = ContextPolicy(self.net)
+        #: The entropy weight of the current iteration (see :meth:`set_progress`).
+        self.entropy_coef = config.entropy_coef
 
     @abc.abstractmethod
     def build_trunk(self, input_size: int, sequence_length: int, value: bool = False) -> nn.Module:
@@ -225,6 +239,19 @@ class ContextLearner(Learner):
     # ------------------------------------------------------------------ training
     def tasks_per_iteration(self) -> int:
         return self.config.trials_per_iteration
+
+    def set_progress(self, iteration: int, total: int) -> None:
+        """Applies the linear entropy and learning-rate schedules (if configured)."""
+        cfg = self.config
+        frac = iteration / max(total - 1, 1)
+
+        def lerp(start: float, end: float | None) -> float:
+            return start if end is None else start + (end - start) * min(frac, 1.0)
+
+        self.entropy_coef = lerp(cfg.entropy_coef, cfg.entropy_coef_final)
+        lr = lerp(cfg.lr, cfg.lr_final)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     def train_iteration(self, tasks: Any, generator: torch.Generator) -> dict[str, float]:
         self.net.eval()
@@ -244,6 +271,9 @@ class ContextLearner(Learner):
         metrics["return_first_episode"] = float(episode_returns[0].mean())
         metrics["return_last_episode"] = float(episode_returns[-1].mean())
         metrics["env_steps"] = float(batch.valid.sum())
+        if self.config.entropy_coef_final is not None or self.config.lr_final is not None:
+            metrics["entropy_coef"] = self.entropy_coef
+            metrics["lr"] = float(self.optimizer.param_groups[0]["lr"])
         return metrics
 
     def advantages(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -302,7 +332,7 @@ class ContextLearner(Learner):
                 value_loss = self._value_loss(value, returns[:, rows], sub.valid)
                 ent = masked_mean(entropy, sub.valid)
                 self._adam_step(
-                    policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * ent, "loss"
+                    policy_loss + cfg.value_coef * value_loss - self.entropy_coef * ent, "loss"
                 )
                 stats["loss_policy"].append(float(policy_loss.detach()))
                 stats["loss_value"].append(float(value_loss.detach()))
@@ -317,7 +347,7 @@ class ContextLearner(Learner):
         policy_loss = vpg_loss(log_prob, advantages, batch.valid)
         value_loss = self._value_loss(value, returns, batch.valid)
         ent = masked_mean(entropy, batch.valid)
-        self._adam_step(policy_loss + cfg.value_coef * value_loss - cfg.entropy_coef * ent, "loss")
+        self._adam_step(policy_loss + cfg.value_coef * value_loss - self.entropy_coef * ent, "loss")
         return {
             "loss_policy": float(policy_loss.detach()),
             "loss_value": float(value_loss.detach()),

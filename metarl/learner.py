@@ -79,6 +79,15 @@ class Learner(abc.ABC):
         """Adaptation curves on held-out ``tasks``: the learner's own under its registered
         name, plus any learner-specific baselines (e.g. a fine-tuned random init)."""
 
+    def set_progress(self, iteration: int, total: int) -> None:
+        """Called by the runner before each training iteration, for schedules.
+
+        ``iteration`` counts from 0; ``total`` is ``train.iterations``. A schedule that is
+        a function of these two alone replays exactly on ``--resume`` (extending
+        ``--iterations`` on resume stretches it from that point on). Default: no schedule.
+        """
+        del iteration, total  # no schedule
+
     def summary_metric(self, curves: dict[str, Curve], name: str) -> float:
         """The headline number of an evaluation (default: mean total over x)."""
         return float(curves[name].values.sum(0).mean())

@@ -327,6 +327,7 @@ class Runner:
                 snapshot = (
                     copy.deepcopy(self.learner.state_dict()) if cfg.nan_policy == "skip" else None
                 )
+                self.learner.set_progress(it, cfg.iterations)
                 try:
                     metrics = namespace(self.learner.train_iteration(tasks, generator))
                 except NonFiniteError as e:

@@ -446,3 +446,24 @@ def test_algorithm_smoke(algo, env, optimizer, tmp_path, capsys):
     assert len(rows) == 2 and rows[1]["meta_test/return"] != ""
     if optimizer == "trpo":
         assert rows[0]["meta_train/trpo_accepted"] in ("0", "1")
+
+
+def test_entropy_and_lr_schedules_are_linear_and_logged(tmp_path, capsys):
+    run_dir = tmp_path / "sched"
+    code, _, err = run(
+        ["train", "rl2", "bandit", "--iterations", "5", "--logdir", str(run_dir), *SMALL,
+         "--set", "algo.entropy_coef=0.04", "--set", "algo.entropy_coef_final=0",
+         "--set", "algo.lr=0.002", "--set", "algo.lr_final=0.001"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    rows = read_csv(run_dir / "metrics.csv")
+    entropy = [float(r["meta_train/entropy_coef"]) for r in rows]
+    lr = [float(r["meta_train/lr"]) for r in rows]
+    assert entropy == pytest.approx([0.04, 0.03, 0.02, 0.01, 0.0])
+    assert lr == pytest.approx([0.002, 0.00175, 0.0015, 0.00125, 0.001])
+    # A run without schedules logs neither (the weights stay the configured constants).
+    plain = tmp_path / "plain"
+    assert run(["train", "rl2", "bandit", "--iterations", "2", "--logdir", str(plain), *SMALL],
+               capsys)[0] == 0  # fmt: skip
+    assert "meta_train/lr" not in read_csv(plain / "metrics.csv")[0]

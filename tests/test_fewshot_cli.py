@@ -85,9 +85,20 @@ def test_omniglot_tasks_are_seeded_and_test_classes_are_held_out():
     assert train_chars.isdisjoint(test_chars)
 
 
+def test_train_queries_shrink_training_batches_only():
+    problem = OmniglotTasks(ways=5, shots=1, queries=4, train_queries=1).to("cpu")
+    train = problem.sample_train_tasks(2, seed=0, iteration=0)
+    assert train.query_x.shape == (2, 5, 1, 28, 28)
+    assert sorted(train.query_y[0].tolist()) == [0, 1, 2, 3, 4]
+    test = next(iter(problem.sample_test_tasks(2, seed=0)))
+    assert test.query_x.shape == (2, 20, 1, 28, 28)
+
+
 def test_dataset_options_are_checked():
     with pytest.raises(ValueError, match="20 drawings"):
         OmniglotTasks(shots=10, queries=15)
+    with pytest.raises(ValueError, match=r"data\.train_queries"):
+        OmniglotTasks(shots=5, queries=5, train_queries=16)
     with pytest.raises(ValueError, match=r"data\.ways"):
         OmniglotTasks(ways=1)
     with pytest.raises(ValueError, match=r"data\.amplitude"):
