@@ -2,21 +2,24 @@
 
 Every baseline is evaluated here, on the same held-out tasks as the learners (the test
 stream of seed 0). Learner cells are read from ``experiments/runs/<config>/eval/summary.csv``,
-written by ``metarl eval experiments/runs/<config> --tasks 1000``; a cell whose run does not
-exist is printed as "not run".
+written by ``metarl eval experiments/runs/<config> --tasks N`` with N = 10,000 for bandits
+and 1,000 for MDPs (the same tasks, so learners and baselines share every task); a cell
+whose run does not exist is printed as "not run".
 
 Usage:
-    python experiments/tables.py [--tasks 1000] [--cells n10k5,n100k10,...] [--mdp 10,25]
+    python experiments/tables.py [--tasks 10000] [--cells n10k5,n100k10,...] [--mdp 10,25]
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import time
 from pathlib import Path
 
 import torch
+import yaml
 
 from envs.bandit import BanditDistribution
 from envs.tabular_mdp import TabularMDPDistribution
@@ -25,6 +28,16 @@ from metarl.problem import RLProblem
 from metarl.tasks import torch_generator
 
 RUNS = Path(__file__).parent / "runs"
+
+#: The papers' numbers that this project could check (the PDFs are not available offline):
+#: (Gittins, RL², SNAIL) mean trial returns from RL² Table 1 / SNAIL Table 3, None where not
+#: transcribed. MDP cells (RL² Table 2 / SNAIL Table 4) are not transcribed; their
+#: normalisation also differs from ours (the papers' random policy scores 0.10, ours 0.45).
+PAPER_BANDITS: dict[tuple[int, int], tuple[float | None, float | None, float | None]] = {
+    (10, 5): (6.6, 6.7, 6.6),
+    (100, 10): (82.8, 83.5, None),
+}
+PAPER_MDPS: dict[int, tuple[float | None, float | None, float | None]] = {}
 BANDIT_BASELINES = [
     "random",
     "gittins",
@@ -52,6 +65,26 @@ def learner_cell(config: str, algo: str, normalised: bool) -> str:
     return "not run"
 
 
+def paper_cell(values: tuple[float | None, ...] | None) -> str:
+    if values is None:
+        return "—"
+    return " / ".join("?" if v is None else f"{v:g}" for v in values)
+
+
+def run_note(config: str) -> str:
+    """``seed s, N min`` from a run's ``config.yaml`` and ``run.json`` ("" if not run)."""
+    status = RUNS / config / "run.json"
+    if not status.exists():
+        return ""
+    info = json.loads(status.read_text())
+    seed = "?"
+    config_file = RUNS / config / "config.yaml"
+    if config_file.exists():
+        seed = yaml.safe_load(config_file.read_text()).get("train", {}).get("seed", "?")
+    minutes = float(info.get("elapsed_s") or 0.0) / 60
+    return f"seed {seed}, {minutes:.0f} min"
+
+
 def baseline_cells(problem: RLProblem, names: list[str], tasks, optimum=None) -> dict[str, str]:
     out = {}
     factories = problem.baselines()
@@ -67,7 +100,14 @@ def baseline_cells(problem: RLProblem, names: list[str], tasks, optimum=None) ->
 
 
 def bandit_table(cells: list[tuple[int, int]], num_tasks: int) -> str:
-    header = ["setting", "rl2", "snail", *BANDIT_BASELINES]
+    header = [
+        "setting",
+        "rl2",
+        "snail",
+        *BANDIT_BASELINES,
+        "paper Gittins / RL² / SNAIL",
+        "runs (rl2; snail)",
+    ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for n, k in cells:
         t0 = time.perf_counter()
@@ -80,6 +120,8 @@ def bandit_table(cells: list[tuple[int, int]], num_tasks: int) -> str:
             learner_cell(f"{config}_rl2", "rl2", False),
             learner_cell(f"{config}_snail", "snail", False),
             *[base[b] for b in BANDIT_BASELINES],
+            paper_cell(PAPER_BANDITS.get((n, k))),
+            f"{run_note(f'{config}_rl2') or '—'}; {run_note(f'{config}_snail') or '—'}",
         ]
         lines.append("| " + " | ".join(row) + " |")
         print(f"bandit n={n} k={k}: {time.perf_counter() - t0:.0f}s", flush=True)
@@ -87,7 +129,7 @@ def bandit_table(cells: list[tuple[int, int]], num_tasks: int) -> str:
 
 
 def mdp_table(ns: list[int], num_tasks: int) -> str:
-    header = ["n", "rl2", "snail", *MDP_BASELINES]
+    header = ["n", "rl2", "snail", *MDP_BASELINES, "paper PSRL / RL² / SNAIL", "runs (rl2; snail)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for n in ns:
         t0 = time.perf_counter()
@@ -101,6 +143,8 @@ def mdp_table(ns: list[int], num_tasks: int) -> str:
             learner_cell(f"mdp_n{n}_rl2", "rl2", True),
             learner_cell(f"mdp_n{n}_snail", "snail", True),
             *[base[b] for b in MDP_BASELINES],
+            paper_cell(PAPER_MDPS.get(n)),
+            f"{run_note(f'mdp_n{n}_rl2') or '—'}; {run_note(f'mdp_n{n}_snail') or '—'}",
         ]
         lines.append("| " + " | ".join(row) + " |")
         print(f"mdp n={n}: {time.perf_counter() - t0:.0f}s", flush=True)
@@ -109,7 +153,8 @@ def mdp_table(ns: list[int], num_tasks: int) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--tasks", type=int, default=10000, help="bandit test tasks")
+    parser.add_argument("--mdp-tasks", type=int, default=1000, help="MDP test tasks")
     parser.add_argument(
         "--cells", default="n10k5,n10k10,n10k50,n100k5,n100k10,n100k50,n500k5,n500k10,n500k50"
     )
@@ -124,7 +169,7 @@ def main() -> None:
     print("## Bandits: mean trial return ± 95% CI\n")
     print(bandit_table(cells, args.tasks))
     print("\n## Tabular MDPs: trial return / value-iteration optimum\n")
-    print(mdp_table([int(n) for n in args.mdp.split(",")], args.tasks))
+    print(mdp_table([int(n) for n in args.mdp.split(",")], args.mdp_tasks))
 
 
 if __name__ == "__main__":

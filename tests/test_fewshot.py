@@ -190,6 +190,9 @@ LEARNERS = {
                                 (1, SIZE, SIZE)), 25),
     "reptile": (lambda: Reptile(ReptileConfig(hidden=8, inner_steps=2, eval_inner_steps=2,
                                               inner_lr=0.1), 5, (1, SIZE, SIZE)), 25),
+    "reptile_minibatch": (lambda: Reptile(ReptileConfig(hidden=8, inner_steps=4, inner_batch=8,
+                                                        eval_inner_steps=2, inner_lr=0.1), 5,
+                                          (1, SIZE, SIZE)), 25),
     "protonet": (lambda: ProtoNet(ProtoNetConfig(hidden=8, lr=3e-3), 5, (1, SIZE, SIZE)), 25),
     "matching": (lambda: MatchingNet(MatchingNetConfig(hidden=8, lr=3e-3), 5,
                                      (1, SIZE, SIZE)), 25),
@@ -433,3 +436,22 @@ def test_package_doctest():
 
     results = doctest.testmod(agents.fewshot, verbose=False)
     assert results.attempted > 0 and results.failed == 0
+
+
+def test_reptile_inner_minibatches_cover_the_task_once_per_round():
+    """With ``inner_batch``, the inner steps walk a permutation of the task's examples."""
+    learner = Reptile(ReptileConfig(hidden=8, inner_steps=3, inner_batch=2), 5, (1, SIZE, SIZE))
+    seen = []
+    original = learner.inner_loss
+
+    def spy(params, data):
+        seen.append(data[1].clone())
+        return original(params, data)
+
+    learner.inner_loss = spy
+    x = torch.randn(6, 1, SIZE, SIZE)
+    y = torch.arange(6) % 5
+    learner._adapt_minibatched(fn.params_of(learner.model), x, y, torch.Generator().manual_seed(0))
+    assert [len(b) for b in seen] == [2, 2, 2]
+    # The three batches together are the six examples, each once (one permutation).
+    assert sorted(torch.cat(seen).tolist()) == sorted(y.tolist())
