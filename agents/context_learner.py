@@ -90,8 +90,15 @@ class ContextConfig:
             raise ValueError(
                 f"algo.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}"
             )
-        positive = ("trials_per_iteration", "epochs", "minibatches", "lr", "max_kl", "clip",
-                    "max_grad_norm")
+        positive = (
+            "trials_per_iteration",
+            "epochs",
+            "minibatches",
+            "lr",
+            "max_kl",
+            "clip",
+            "max_grad_norm",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"algo.{name} must be > 0, got {getattr(self, name)}")

@@ -128,8 +128,9 @@ def _as_leaves(params: Mapping[str, Tensor], track: bool) -> Params:
     }
 
 
-def inner_gradients(loss: Tensor, params: Params, *,
-                    create_graph: bool) -> dict[str, Tensor | None]:
+def inner_gradients(
+    loss: Tensor, params: Params, *, create_graph: bool
+) -> dict[str, Tensor | None]:
     """Gradients of ``loss`` w.r.t. every entry of ``params`` (``None`` if unused).
 
     Args:
@@ -177,12 +178,19 @@ def adapt(
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
     track = torch.is_grad_enabled()
-    return _sgd_steps(lambda fast: loss_fn(fast, data), _as_leaves(params, track), steps, lr,
-                      track, first_order)
+    return _sgd_steps(
+        lambda fast: loss_fn(fast, data), _as_leaves(params, track), steps, lr, track, first_order
+    )
 
 
-def _sgd_steps(loss_of: Callable[[Params], Tensor], fast: Params, steps: int, lr: LearningRate,
-               track: bool, first_order: bool) -> Params:
+def _sgd_steps(
+    loss_of: Callable[[Params], Tensor],
+    fast: Params,
+    steps: int,
+    lr: LearningRate,
+    track: bool,
+    first_order: bool,
+) -> Params:
     """``steps`` inner SGD steps on ``loss_of(fast)``, shared by :func:`adapt` and vmap.
 
     With ``track`` the steps stay on the autograd graph (second order unless
@@ -254,9 +262,7 @@ def _per_task(params: Mapping[str, Tensor], tasks: int, track: bool) -> Params:
 class _NoNativeBatchNorm(TorchFunctionMode):
     """Raises on native batch norm, whose second-order vmap(grad) batching rule is wrong."""
 
-    _BANNED = frozenset(
-        {F.batch_norm, torch.batch_norm, torch.native_batch_norm, F.instance_norm}
-    )
+    _BANNED = frozenset({F.batch_norm, torch.batch_norm, torch.native_batch_norm, F.instance_norm})
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         if func in self._BANNED:
@@ -316,8 +322,14 @@ def _adapt_vmap(loss_fn, params, data, tasks, steps, lr, first_order) -> Params:
     batched_loss = torch.func.vmap(loss_fn, in_dims=(0, 0))
     # Tasks are independent: the gradient of the summed losses w.r.t. task t's copy is
     # task t's own gradient.
-    return _sgd_steps(lambda fast: batched_loss(fast, data).sum(),
-                      _per_task(params, tasks, track), steps, lr, track, first_order)
+    return _sgd_steps(
+        lambda fast: batched_loss(fast, data).sum(),
+        _per_task(params, tasks, track),
+        steps,
+        lr,
+        track,
+        first_order,
+    )
 
 
 def _adapt_func(loss_fn, params, data, steps, lr, first_order) -> Params:
@@ -395,7 +407,11 @@ def meta_losses(
         losses, auxes = [], []
         for t in range(num_tasks(support)):
             fast = adapt(
-                inner_loss, params, task_slice(support, t), steps=steps, lr=lr,
+                inner_loss,
+                params,
+                task_slice(support, t),
+                steps=steps,
+                lr=lr,
                 first_order=first_order,
             )
             loss, aux = split(outer_loss(fast, task_slice(query, t)))
@@ -418,8 +434,9 @@ def meta_losses(
 
 
 # ------------------------------------------------------- vmap-safe batch norm
-def batch_norm(x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None,
-               eps: float = 1e-5) -> Tensor:
+def batch_norm(
+    x: Tensor, weight: Tensor | None = None, bias: Tensor | None = None, eps: float = 1e-5
+) -> Tensor:
     """Training-mode (batch-statistics) batch norm written with mean/var.
 
     Same numbers as ``F.batch_norm(x, None, None, weight, bias, training=True)`` (biased

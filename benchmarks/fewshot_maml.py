@@ -100,21 +100,31 @@ class ManualBN(nn.Module):
         return fn.batch_norm(x, self.weight, self.bias)
 
 
-def functional_meta_gradients(model: nn.Module, batch: FewShotBatch, lr: float,
-                              method: str) -> None:
+def functional_meta_gradients(
+    model: nn.Module, batch: FewShotBatch, lr: float, method: str
+) -> None:
     def loss(params, data):
         x, y = data
         return F.cross_entropy(fn.forward(model, params, x), y)
 
-    fn.meta_losses(loss, loss, fn.params_of(model), (batch.support_x, batch.support_y),
-                   (batch.query_x, batch.query_y), steps=1, lr=lr, method=method,
-                   backward_scale=1.0 / batch.support_x.shape[0])
+    fn.meta_losses(
+        loss,
+        loss,
+        fn.params_of(model),
+        (batch.support_x, batch.support_y),
+        (batch.query_x, batch.query_y),
+        steps=1,
+        lr=lr,
+        method=method,
+        backward_scale=1.0 / batch.support_x.shape[0],
+    )
 
 
 # ------------------------------------------------------------------ driver
 def flat_grad(params) -> torch.Tensor:
-    return torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).flatten()
-                      for p in params])
+    return torch.cat(
+        [(p.grad if p.grad is not None else torch.zeros_like(p)).flatten() for p in params]
+    )
 
 
 def main() -> None:
@@ -126,8 +136,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--all", action="store_true", help="also time the alternatives")
-    parser.add_argument("--data", choices=("omniglot", "random"), default="omniglot",
-                        help="images of the batch (the usual loop's speed depends on them)")
+    parser.add_argument(
+        "--data",
+        choices=("omniglot", "random"),
+        default="omniglot",
+        help="images of the batch (the usual loop's speed depends on them)",
+    )
     parser.add_argument("--data-dir", default=None, help="Omniglot folder (default: shared)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -143,7 +157,8 @@ def main() -> None:
         else:
             train = omniglot_splits(images)["train"]
             batch = ClassificationSampler(train, n, k, q).sample(
-                tasks, torch.Generator().manual_seed(0))
+                tasks, torch.Generator().manual_seed(0)
+            )
             source = "Omniglot meta-train tasks"
     if batch is None:
         batch = FewShotBatch(
@@ -177,6 +192,7 @@ def main() -> None:
             def run():
                 model.zero_grad(set_to_none=True)
                 functional_meta_gradients(model, batch, config.inner_lr, method)
+
             return run
 
         cases["functional loop, plain Conv-4 (no rewrites)"] = zeroed(plain, "loop")
@@ -200,15 +216,19 @@ def main() -> None:
             wall[name].append(time.perf_counter() - w0)
     usual = "usual loop (clone module)"
     base_cpu, base_wall = min(cpu[usual]), min(wall[usual])
-    print(f"{tasks} tasks, {n}-way {k}-shot, {q} queries/class, 1 inner step, second order, "
-          f"{args.threads} thread(s), best of {args.repeats}, {source}")
+    print(
+        f"{tasks} tasks, {n}-way {k}-shot, {q} queries/class, 1 inner step, second order, "
+        f"{args.threads} thread(s), best of {args.repeats}, {source}"
+    )
     print(f"{'path':48s} {'cpu s':>7s} {'wall s':>7s} {'speed-up (cpu)':>15s}")
     for name in cases:
         c, w = min(cpu[name]), min(wall[name])
         print(f"{name:48s} {c:7.3f} {w:7.3f} {base_cpu / c:14.2f}x")
     ours = "metarl (MAML.meta_gradients)"
-    print(f"RATIO usual/metarl: {base_cpu / min(cpu[ours]):.2f}x cpu time, "
-          f"{base_wall / min(wall[ours]):.2f}x wall time (target >= 1.5x)")
+    print(
+        f"RATIO usual/metarl: {base_cpu / min(cpu[ours]):.2f}x cpu time, "
+        f"{base_wall / min(wall[ours]):.2f}x wall time (target >= 1.5x)"
+    )
 
 
 if __name__ == "__main__":

@@ -44,8 +44,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     images = load_omniglot(args.data_dir)
-    sampler = ClassificationSampler(omniglot_splits(images)["train"], args.ways, args.shots,
-                                    args.queries)
+    sampler = ClassificationSampler(
+        omniglot_splits(images)["train"], args.ways, args.shots, args.queries
+    )
     generator = torch.Generator().manual_seed(0)
     sampler.sample(args.tasks, generator)  # warm-up
     sample_s = best_time(lambda: sampler.sample(args.tasks, generator), 50)
@@ -59,15 +60,23 @@ def main() -> None:
     maml_s = best_time(lambda: maml.meta_train_step(batch, generator), 3)
     proto_s = best_time(lambda: proto.meta_train_step(batch, generator), 10)
 
-    print(f"{args.tasks} tasks, {args.ways}-way {args.shots}-shot, {args.queries} queries/class, "
-          f"Omniglot with rotations, {args.threads} thread(s), best of repeated runs")
+    print(
+        f"{args.tasks} tasks, {args.ways}-way {args.shots}-shot, {args.queries} queries/class, "
+        f"Omniglot with rotations, {args.threads} thread(s), best of repeated runs"
+    )
     print(f"sampler.sample:                 {sample_s * 1e3:8.2f} ms")
-    print(f"MAML meta_train_step (2nd ord): {maml_s * 1e3:8.2f} ms   "
-          f"sampler/step = {sample_s / maml_s:.2%}")
-    print(f"ProtoNet meta_train_step:       {proto_s * 1e3:8.2f} ms   "
-          f"sampler/step = {sample_s / proto_s:.2%}")
-    print(f"RATIO sampler/model step: {sample_s / maml_s:.4f} (MAML), "
-          f"{sample_s / proto_s:.4f} (ProtoNet)")
+    print(
+        f"MAML meta_train_step (2nd ord): {maml_s * 1e3:8.2f} ms   "
+        f"sampler/step = {sample_s / maml_s:.2%}"
+    )
+    print(
+        f"ProtoNet meta_train_step:       {proto_s * 1e3:8.2f} ms   "
+        f"sampler/step = {sample_s / proto_s:.2%}"
+    )
+    print(
+        f"RATIO sampler/model step: {sample_s / maml_s:.4f} (MAML), "
+        f"{sample_s / proto_s:.4f} (ProtoNet)"
+    )
 
 
 if __name__ == "__main__":

@@ -83,8 +83,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, nargs="+", default=[torch.get_num_threads()])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
-    print(f"maze env throughput, B={args.num_envs}, {args.steps} steps x 3 (best), "
-          f"device={args.device}, load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"maze env throughput, B={args.num_envs}, {args.steps} steps x 3 (best), "
+        f"device={args.device}, load average {os.getloadavg()[0]:.1f}"
+    )
     for threads in args.threads:
         torch.set_num_threads(threads)
         for size in args.sizes:

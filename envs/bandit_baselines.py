@@ -225,9 +225,7 @@ def gittins_index_table(
     for lam in _lambda_blocks(grid_size, block):
         lam_col = lam[:, None]
         retire = lam_col / (1 - gamma)
-        mean = ((torch.arange(last + 1, dtype=torch.float64) + 1) / (last + 2)).expand(
-            len(lam), -1
-        )
+        mean = ((torch.arange(last + 1, dtype=torch.float64) + 1) / (last + 2)).expand(len(lam), -1)
         # Terminal diagonal: the mean is taken as known; d/dλ of max(λ, p)/(1−γ).
         value = torch.maximum(retire, mean / (1 - gamma))
         slope = (lam_col > mean).to(torch.float64) / (1 - gamma)
@@ -609,15 +607,18 @@ def tune_bandit_baseline(
         The grid member with the highest mean trial return (the first one on ties).
     """
     if name not in BANDIT_HYPERPARAMETERS:
-        raise ValueError(f"{name!r} has no tunable hyperparameter; tunable: "
-                         f"{sorted(BANDIT_HYPERPARAMETERS)}")
+        raise ValueError(
+            f"{name!r} has no tunable hyperparameter; tunable: {sorted(BANDIT_HYPERPARAMETERS)}"
+        )
     grid = list(BANDIT_DEFAULT_GRIDS[name] if grid is None else grid)
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator else 0
     best_value, best_return = grid[0], -math.inf
     for value in grid:
         policy = BANDIT_BASELINES[name](
-            num_arms=means.shape[1], num_episodes=episodes,
-            **{BANDIT_HYPERPARAMETERS[name]: value}, **fixed,
+            num_arms=means.shape[1],
+            num_episodes=episodes,
+            **{BANDIT_HYPERPARAMETERS[name]: value},
+            **fixed,
         )
         eval_generator = torch.Generator(device=means.device)
         eval_generator.manual_seed(seed)

@@ -100,9 +100,7 @@ class MazeTasks(TaskBatch):
 
 
 # ----------------------------------------------------------------------------- generation
-def generate_mazes(
-    n: int, rows: int, cols: int, rng: np.random.Generator
-) -> np.ndarray:
+def generate_mazes(n: int, rows: int, cols: int, rng: np.random.Generator) -> np.ndarray:
     """Perfect mazes by randomised depth-first search (recursive backtracker).
 
     The ``n`` searches run in lockstep over numpy arrays: every iteration each maze either
@@ -189,9 +187,12 @@ def maze_from_ascii(
             if ch in " .":
                 continue
             grid[i, j] = int(ch) if ch.isdigit() and ch != "0" else 1
-    if (grid[0] == 0).any() or (grid[-1] == 0).any() or (grid[:, 0] == 0).any() or (
-        grid[:, -1] == 0
-    ).any():
+    if (
+        (grid[0] == 0).any()
+        or (grid[-1] == 0).any()
+        or (grid[:, 0] == 0).any()
+        or (grid[:, -1] == 0).any()
+    ):
         raise ValueError("the maze border must be wall")
     rows, cols = (grid.shape[0] - 1) // 2, (grid.shape[1] - 1) // 2
     for name, (r, c) in (("goal", goal), ("start", start)):
@@ -505,8 +506,10 @@ class MazeEnv(TensorTaskEnv):
     def set_tasks(self, tasks: MazeTasks) -> None:
         expected = (2 * self.size + 1, 2 * self.size + 1)
         if tuple(tasks.grid.shape[1:]) != expected:
-            raise ValueError(f"maze grids must be [n, {expected[0]}, {expected[1]}], "
-                             f"got {tuple(tasks.grid.shape)}")
+            raise ValueError(
+                f"maze grids must be [n, {expected[0]}, {expected[1]}], "
+                f"got {tuple(tasks.grid.shape)}"
+            )
         if int(tasks.grid.max()) > self.num_colors:
             raise ValueError(f"wall colour ids must be <= num_colors={self.num_colors}")
         super().set_tasks(tasks)
@@ -678,8 +681,9 @@ class MazeDistribution:
     ):
         if isinstance(size, str):
             if size not in SIZES:
-                raise ValueError(f"maze size must be an integer or one of {list(SIZES)}, "
-                                 f"got {size!r}")
+                raise ValueError(
+                    f"maze size must be an integer or one of {list(SIZES)}, got {size!r}"
+                )
             size = SIZES[size]
         self.size = _check_int("size", size, 2)
         if max_steps is None:
@@ -797,8 +801,14 @@ class MazeDistribution:
 #: RGB of wall colours 1, 2, ... (cycled); 0 is the floor. Muted, so the red path stands out.
 PALETTE = np.array(
     [
-        [70, 80, 120], [125, 110, 85], [80, 115, 95], [110, 85, 120],
-        [60, 110, 125], [130, 130, 130], [95, 95, 60], [55, 55, 55],
+        [70, 80, 120],
+        [125, 110, 85],
+        [80, 115, 95],
+        [110, 85, 120],
+        [60, 110, 125],
+        [130, 130, 130],
+        [95, 95, 60],
+        [55, 55, 55],
     ],
     dtype=np.uint8,
 )
@@ -854,10 +864,14 @@ def render_maze(
         (y0, x0), (y1, x1) = centre(a), centre(b)
         # Consecutive cells are adjacent, so each segment is axis-aligned; an L covers
         # anything else (a path with gaps).
-        img[min(y0, y1) - thick // 2 : max(y0, y1) + thick - thick // 2,
-            x0 - thick // 2 : x0 + thick - thick // 2] = _PATH
-        img[y1 - thick // 2 : y1 + thick - thick // 2,
-            min(x0, x1) - thick // 2 : max(x0, x1) + thick - thick // 2] = _PATH
+        img[
+            min(y0, y1) - thick // 2 : max(y0, y1) + thick - thick // 2,
+            x0 - thick // 2 : x0 + thick - thick // 2,
+        ] = _PATH
+        img[
+            y1 - thick // 2 : y1 + thick - thick // 2,
+            min(x0, x1) - thick // 2 : max(x0, x1) + thick - thick // 2,
+        ] = _PATH
     if cells:
         y, x = centre(cells[-1])
         r = max(1, scale // 3)
@@ -865,8 +879,10 @@ def render_maze(
         if heading is not None:
             dy, dx = HEADING_DELTAS[int(heading)]
             for s in range(r, scale):
-                img[y + dy * s - thick // 2 : y + dy * s + thick - thick // 2 + 1,
-                    x + dx * s - thick // 2 : x + dx * s + thick - thick // 2 + 1] = _AGENT
+                img[
+                    y + dy * s - thick // 2 : y + dy * s + thick - thick // 2 + 1,
+                    x + dx * s - thick // 2 : x + dx * s + thick - thick // 2 + 1,
+                ] = _AGENT
     return img
 
 

@@ -290,8 +290,15 @@ class OPSRL(PSRL):
         **kwargs: Sizes and priors, see :class:`_PlanningMDPPolicy`.
     """
 
-    def __init__(self, num_states: int, num_actions: int, horizon: int,
-                 num_episodes: int | None = None, num_samples: int = 5, **kwargs: Any):
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        horizon: int,
+        num_episodes: int | None = None,
+        num_samples: int = 5,
+        **kwargs: Any,
+    ):
         super().__init__(num_states, num_actions, horizon, num_episodes, **kwargs)
         self.num_samples = max(1, int(num_samples))
 
@@ -332,9 +339,16 @@ class UCRL2(_PlanningMDPPolicy):
         **kwargs: Sizes, see :class:`_PlanningMDPPolicy` (the priors are unused).
     """
 
-    def __init__(self, num_states: int, num_actions: int, horizon: int,
-                 num_episodes: int | None = None, scale: float = 1.0, delta: float = 0.1,
-                 **kwargs: Any):
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        horizon: int,
+        num_episodes: int | None = None,
+        scale: float = 1.0,
+        delta: float = 0.1,
+        **kwargs: Any,
+    ):
         super().__init__(num_states, num_actions, horizon, num_episodes, **kwargs)
         self.scale = float(scale)
         self.delta = float(delta)
@@ -403,8 +417,15 @@ class BEB(_PlanningMDPPolicy):
         **kwargs: Sizes and priors, see :class:`_PlanningMDPPolicy`.
     """
 
-    def __init__(self, num_states: int, num_actions: int, horizon: int,
-                 num_episodes: int | None = None, beta: float = 1.0, **kwargs: Any):
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        horizon: int,
+        num_episodes: int | None = None,
+        beta: float = 1.0,
+        **kwargs: Any,
+    ):
         super().__init__(num_states, num_actions, horizon, num_episodes, **kwargs)
         self.beta = float(beta)
 
@@ -422,8 +443,15 @@ class EpsilonGreedyMDP(_PlanningMDPPolicy):
         **kwargs: Sizes and priors, see :class:`_PlanningMDPPolicy`.
     """
 
-    def __init__(self, num_states: int, num_actions: int, horizon: int,
-                 num_episodes: int | None = None, epsilon: float = 0.1, **kwargs: Any):
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        horizon: int,
+        num_episodes: int | None = None,
+        epsilon: float = 0.1,
+        **kwargs: Any,
+    ):
         super().__init__(num_states, num_actions, horizon, num_episodes, **kwargs)
         self.epsilon = float(epsilon)
 
@@ -439,8 +467,14 @@ class EpsilonGreedyMDP(_PlanningMDPPolicy):
 class GreedyMDP(EpsilonGreedyMDP):
     """Greedy on the posterior-mean MDP (ε-greedy with ε = 0)."""
 
-    def __init__(self, num_states: int, num_actions: int, horizon: int,
-                 num_episodes: int | None = None, **kwargs: Any):
+    def __init__(
+        self,
+        num_states: int,
+        num_actions: int,
+        horizon: int,
+        num_episodes: int | None = None,
+        **kwargs: Any,
+    ):
         super().__init__(num_states, num_actions, horizon, num_episodes, epsilon=0.0, **kwargs)
 
 
@@ -552,16 +586,21 @@ def tune_mdp_baseline(
         The grid member with the highest mean trial return (the first one on ties).
     """
     if name not in MDP_HYPERPARAMETERS:
-        raise ValueError(f"{name!r} has no tunable hyperparameter; tunable: "
-                         f"{sorted(MDP_HYPERPARAMETERS)}")
+        raise ValueError(
+            f"{name!r} has no tunable hyperparameter; tunable: {sorted(MDP_HYPERPARAMETERS)}"
+        )
     grid = list(MDP_DEFAULT_GRIDS[name] if grid is None else grid)
     _, S, A = tasks.reward_mean.shape
     seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator else 0
     best_value, best_return = grid[0], -math.inf
     for value in grid:
         policy = MDP_BASELINES[name](
-            num_states=S, num_actions=A, horizon=horizon, num_episodes=episodes,
-            **{MDP_HYPERPARAMETERS[name]: value}, **fixed,
+            num_states=S,
+            num_actions=A,
+            horizon=horizon,
+            num_episodes=episodes,
+            **{MDP_HYPERPARAMETERS[name]: value},
+            **fixed,
         )
         eval_generator = torch.Generator(device=tasks.reward_mean.device)
         eval_generator.manual_seed(seed)

@@ -49,7 +49,11 @@ class Nav2DEnv(TensorTaskEnv):
     """
 
     def __init__(
-        self, num_envs: int, horizon: int, max_action: float, goal_tolerance: float,
+        self,
+        num_envs: int,
+        horizon: int,
+        max_action: float,
+        goal_tolerance: float,
         device: torch.device | str = "cpu",
     ):
         super().__init__(num_envs, max_episode_steps=horizon, device=device)

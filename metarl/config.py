@@ -169,11 +169,13 @@ class RunConfig:
         else:
             head["env"] = dict(self.env)
             head["trial"] = dataclasses.asdict(self.trial)
-        return _lists({
-            **head,
-            "algo": dataclasses.asdict(self.algo),
-            "train": dataclasses.asdict(self.train),
-        })
+        return _lists(
+            {
+                **head,
+                "algo": dataclasses.asdict(self.algo),
+                "train": dataclasses.asdict(self.train),
+            }
+        )
 
 
 def _lists(value: Any) -> Any:

@@ -417,8 +417,11 @@ class _progress:
         for key in ("meta_test/return", "meta_test/accuracy", "meta_test/mse"):
             self.test = metrics.get(key, self.test)
         train = next(
-            (metrics[k] for k in ("meta_train/return", "meta_train/accuracy", "meta_train/mse")
-             if k in metrics),
+            (
+                metrics[k]
+                for k in ("meta_train/return", "meta_train/accuracy", "meta_train/mse")
+                if k in metrics
+            ),
             math.nan,
         )
         self.bar.set_postfix(

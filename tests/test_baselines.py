@@ -341,8 +341,12 @@ def test_tuning_returns_grid_members():
     with pytest.raises(ValueError, match="no tunable"):
         tune_bandit_baseline("gittins", means, 10, [0.5], gen(13))
     tasks = prior_mdps(32, 3, 2, seed=14)
-    for name, grid in [("beb", [0.0, 2.0]), ("ucrl2", [0.1, 0.5]), ("opsrl", [1, 3]),
-                       ("eps-greedy", [0.0, 0.2])]:
+    for name, grid in [
+        ("beb", [0.0, 2.0]),
+        ("ucrl2", [0.1, 0.5]),
+        ("opsrl", [1, 3]),
+        ("eps-greedy", [0.0, 0.2]),
+    ]:
         assert name in MDP_HYPERPARAMETERS
         assert tune_mdp_baseline(name, tasks, 3, 2, grid, gen(15)) in grid
 

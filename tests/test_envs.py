@@ -63,8 +63,11 @@ def episode_returns(dist, policy, tasks, seed: int = 0) -> torch.Tensor:
     obs = env.reset(seed=seed)
     state = policy.initial_state(rows, env.device)
     discrete = isinstance(env.single_action_space, gym.spaces.Discrete)
-    prev_action = (torch.zeros(rows, dtype=torch.long) if discrete
-                   else torch.zeros(rows, *env.single_action_space.shape))
+    prev_action = (
+        torch.zeros(rows, dtype=torch.long)
+        if discrete
+        else torch.zeros(rows, *env.single_action_space.shape)
+    )
     prev_reward = torch.zeros(rows)
     total = torch.zeros(rows)
     active = torch.ones(rows, dtype=torch.bool)
@@ -128,8 +131,14 @@ def test_bandit_oracle_pulls_best_arm():
     assert isinstance(oracle, Policy)
     oracle.set_tasks(tasks)
     long0 = torch.zeros(2, dtype=torch.long)
-    inp = StepInput(torch.zeros(2, 1), long0, torch.zeros(2), torch.zeros(2),
-                    torch.ones(2, dtype=torch.bool), long0)
+    inp = StepInput(
+        torch.zeros(2, 1),
+        long0,
+        torch.zeros(2),
+        torch.zeros(2),
+        torch.ones(2, dtype=torch.bool),
+        long0,
+    )
     out = oracle.step(inp, oracle.initial_state(2, torch.device("cpu")), torch.Generator())
     assert out.action.tolist() == [1, 2]
     assert torch.equal(dist.optimal_episode_return(tasks), torch.tensor([0.9, 0.8]))
@@ -188,8 +197,10 @@ def two_state_mdp() -> MDPTasks:
     The second task is the first with rewards doubled (all values double)."""
     reward = torch.tensor([[1.0, 0.0], [3.0, 2.0]])
     transitions = torch.tensor([[[1.0, 0.0], [0.0, 1.0]], [[0.0, 1.0], [0.5, 0.5]]])
-    return MDPTasks(reward_mean=torch.stack([reward, 2 * reward]),
-                    transitions=torch.stack([transitions, transitions]))
+    return MDPTasks(
+        reward_mean=torch.stack([reward, 2 * reward]),
+        transitions=torch.stack([transitions, transitions]),
+    )
 
 
 def test_value_iteration_hand_solved_two_state_mdp():
@@ -220,8 +231,14 @@ def test_mdp_oracle_uses_time_dependent_q():
     oracle.set_tasks(two_state_mdp())
     obs = torch.tensor([[1.0, 0.0], [1.0, 0.0]])  # both rows in state 0
     for t, best in ((0, 1), (1, 0)):  # move to state 1 early, collect the 1 at the end
-        inp = StepInput(obs, torch.zeros(2, dtype=torch.long), torch.zeros(2), torch.zeros(2),
-                        torch.zeros(2, dtype=torch.bool), torch.full((2,), t))
+        inp = StepInput(
+            obs,
+            torch.zeros(2, dtype=torch.long),
+            torch.zeros(2),
+            torch.zeros(2),
+            torch.zeros(2, dtype=torch.bool),
+            torch.full((2,), t),
+        )
         assert oracle.step(inp, None, torch.Generator()).action.tolist() == [best, best]
 
 
@@ -311,8 +328,9 @@ def test_nav2d_optimal_return_is_closed_form():
     goal = tasks.goal.double()
     for k in range(1, 21):
         expected -= torch.linalg.vector_norm(goal - goal.clamp(-0.1 * k, 0.1 * k), dim=-1)
-    torch.testing.assert_close(dist.optimal_episode_return(tasks).double(), expected,
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        dist.optimal_episode_return(tasks).double(), expected, atol=1e-4, rtol=0
+    )
     oracle_returns = episode_returns(dist, dist.baselines()["oracle"](), tasks)
     torch.testing.assert_close(oracle_returns, dist.optimal_episode_return(tasks))
 
@@ -326,8 +344,9 @@ def deterministic_tasks(dist, rows: int):
     if isinstance(dist, TabularMDPDistribution):  # one-hot transitions: deterministic states
         nxt = torch.randint(dist.states, (rows, dist.states, dist.actions), generator=g)
         tasks = dist.sample_tasks(rows, np.random.default_rng(0))
-        return MDPTasks(reward_mean=tasks.reward_mean,
-                        transitions=F.one_hot(nxt, dist.states).float())
+        return MDPTasks(
+            reward_mean=tasks.reward_mean, transitions=F.one_hot(nxt, dist.states).float()
+        )
     return dist.sample_tasks(rows, np.random.default_rng(0))
 
 
@@ -353,8 +372,9 @@ def test_batched_step_equals_gym_view_step(env_id, kwargs):
     dist.action_space.seed(0)
     for _ in range(15):
         action = dist.action_space.sample()
-        batched_action = torch.as_tensor(np.stack([dist.action_space.sample(), action,
-                                                   dist.action_space.sample()]))
+        batched_action = torch.as_tensor(
+            np.stack([dist.action_space.sample(), action, dist.action_space.sample()])
+        )
         out = batched.step(batched_action)
         obs, reward, terminated, truncated, _ = view.step(action)
         assert obs.dtype == np.float32 and obs in view.observation_space

@@ -39,8 +39,9 @@ def _one_thread():
 
 
 # ------------------------------------------------------------------- sampler
-def coded_classes(chars: int = 6, drawers: int = 20, size: int = 4,
-                  rotations: bool = True) -> ClassImages:
+def coded_classes(
+    chars: int = 6, drawers: int = 20, size: int = 4, rotations: bool = True
+) -> ClassImages:
     """Pixel value = char·10000 + drawer·100 + pixel index: every image says where it
     came from, and how it was rotated."""
     c = torch.arange(chars).view(-1, 1, 1, 1) * 10000
@@ -74,8 +75,10 @@ def test_sampler_shapes_and_label_remapping():
     for t in range(7):
         label_class = {}
         drawers = {}
-        for x, y in [*zip(batch.support_x[t], batch.support_y[t]),
-                     *zip(batch.query_x[t], batch.query_y[t])]:
+        for x, y in [
+            *zip(batch.support_x[t], batch.support_y[t]),
+            *zip(batch.query_x[t], batch.query_y[t]),
+        ]:
             char, drawer, rot = decode(x)
             # every example of a label comes from one class (character + rotation)
             assert label_class.setdefault(int(y), (char, rot)) == (char, rot)
@@ -93,8 +96,9 @@ def test_sampler_covers_rotations_and_is_reproducible():
     rotations = {decode(x)[2] for x in a.support_x.flatten(0, 1)}
     assert rotations == {0, 1, 2, 3}
     plain = ClassificationSampler(coded_classes(chars=5, rotations=False), 5, 1, 1)
-    assert {decode(x)[2] for x in plain.sample(10, torch.Generator()).support_x.flatten(0, 1)} \
-        == {0}
+    assert {decode(x)[2] for x in plain.sample(10, torch.Generator()).support_x.flatten(0, 1)} == {
+        0
+    }
 
 
 def test_sampler_rejects_impossible_tasks():
@@ -182,27 +186,60 @@ def synthetic_samplers():
 
 # name -> (factory, meta-training steps); small widths so each runs in ~2 s.
 LEARNERS = {
-    "maml": (lambda: MAML(MAMLConfig(hidden=8, meta_lr=3e-3, eval_inner_steps=2), 5,
-                          (1, SIZE, SIZE)), 25),
-    "fomaml": (lambda: MAML(MAMLConfig(hidden=8, meta_lr=1e-2, first_order=True,
-                                       eval_inner_steps=2), 5, (1, SIZE, SIZE)), 30),
-    "metasgd": (lambda: MetaSGD(MetaSGDConfig(hidden=8, meta_lr=3e-3, eval_inner_steps=2), 5,
-                                (1, SIZE, SIZE)), 25),
-    "reptile": (lambda: Reptile(ReptileConfig(hidden=8, inner_steps=2, eval_inner_steps=2,
-                                              inner_lr=0.1), 5, (1, SIZE, SIZE)), 25),
-    "reptile_minibatch": (lambda: Reptile(ReptileConfig(hidden=8, inner_steps=4, inner_batch=8,
-                                                        eval_inner_steps=2, inner_lr=0.1), 5,
-                                          (1, SIZE, SIZE)), 25),
+    "maml": (
+        lambda: MAML(MAMLConfig(hidden=8, meta_lr=3e-3, eval_inner_steps=2), 5, (1, SIZE, SIZE)),
+        25,
+    ),
+    "fomaml": (
+        lambda: MAML(
+            MAMLConfig(hidden=8, meta_lr=1e-2, first_order=True, eval_inner_steps=2),
+            5,
+            (1, SIZE, SIZE),
+        ),
+        30,
+    ),
+    "metasgd": (
+        lambda: MetaSGD(
+            MetaSGDConfig(hidden=8, meta_lr=3e-3, eval_inner_steps=2), 5, (1, SIZE, SIZE)
+        ),
+        25,
+    ),
+    "reptile": (
+        lambda: Reptile(
+            ReptileConfig(hidden=8, inner_steps=2, eval_inner_steps=2, inner_lr=0.1),
+            5,
+            (1, SIZE, SIZE),
+        ),
+        25,
+    ),
+    "reptile_minibatch": (
+        lambda: Reptile(
+            ReptileConfig(hidden=8, inner_steps=4, inner_batch=8, eval_inner_steps=2, inner_lr=0.1),
+            5,
+            (1, SIZE, SIZE),
+        ),
+        25,
+    ),
     "protonet": (lambda: ProtoNet(ProtoNetConfig(hidden=8, lr=3e-3), 5, (1, SIZE, SIZE)), 25),
-    "matching": (lambda: MatchingNet(MatchingNetConfig(hidden=8, lr=3e-3), 5,
-                                     (1, SIZE, SIZE)), 25),
-    "matching_fce": (lambda: MatchingNet(MatchingNetConfig(hidden=8, lr=3e-3, fce=True), 5,
-                                         (1, SIZE, SIZE)), 25),
-    "metanet": (lambda: MetaNet(MetaNetConfig(hidden=8, head_hidden=16, rep_dim=16, lr=5e-3,
-                                              tasks_per_pass=0),
-                                5, (1, SIZE, SIZE)), 60),
-    "snail": (lambda: SNAILClassifier(SNAILClassifierConfig(hidden=8, blocks="small",
-                                                            lr=3e-3), 5, (1, SIZE, SIZE)), 200),
+    "matching": (lambda: MatchingNet(MatchingNetConfig(hidden=8, lr=3e-3), 5, (1, SIZE, SIZE)), 25),
+    "matching_fce": (
+        lambda: MatchingNet(MatchingNetConfig(hidden=8, lr=3e-3, fce=True), 5, (1, SIZE, SIZE)),
+        25,
+    ),
+    "metanet": (
+        lambda: MetaNet(
+            MetaNetConfig(hidden=8, head_hidden=16, rep_dim=16, lr=5e-3, tasks_per_pass=0),
+            5,
+            (1, SIZE, SIZE),
+        ),
+        60,
+    ),
+    "snail": (
+        lambda: SNAILClassifier(
+            SNAILClassifierConfig(hidden=8, blocks="small", lr=3e-3), 5, (1, SIZE, SIZE)
+        ),
+        200,
+    ),
 }
 
 
@@ -234,14 +271,20 @@ def test_learner_learns_synthetic_task(name):
 def test_regression_learners_reduce_sinusoid_mse(name):
     torch.manual_seed(0)
     if name == "maml":
-        learner = MAML(MAMLConfig(inner_lr=0.01, meta_lr=1e-2, eval_inner_steps=1), 1, (1,),
-                       regression=True)
+        learner = MAML(
+            MAMLConfig(inner_lr=0.01, meta_lr=1e-2, eval_inner_steps=1), 1, (1,), regression=True
+        )
     elif name == "metasgd":
-        learner = MetaSGD(MetaSGDConfig(inner_lr=0.01, meta_lr=1e-2, eval_inner_steps=1), 1,
-                          (1,), regression=True)
+        learner = MetaSGD(
+            MetaSGDConfig(inner_lr=0.01, meta_lr=1e-2, eval_inner_steps=1), 1, (1,), regression=True
+        )
     else:
-        learner = Reptile(ReptileConfig(inner_lr=0.02, inner_steps=5, eval_inner_steps=5,
-                                        outer_lr=0.5), 1, (1,), regression=True)
+        learner = Reptile(
+            ReptileConfig(inner_lr=0.02, inner_steps=5, eval_inner_steps=5, outer_lr=0.5),
+            1,
+            (1,),
+            regression=True,
+        )
     sampler = SinusoidSampler(10, 10)
     eval_batch = sampler.sample(50, torch.Generator().manual_seed(1))
     last = max(learner.evaluate(eval_batch))
@@ -259,16 +302,24 @@ def test_meta_sgd_with_constant_alpha_is_exactly_maml():
     generator = torch.Generator().manual_seed(0)
     batches = [train.sample(3, generator) for _ in range(3)]
     results = []
-    for make in (lambda: MAML(MAMLConfig(hidden=8, inner_lr=0.4, inner_steps=2), 5,
-                              (1, SIZE, SIZE)),
-                 lambda: MetaSGD(MetaSGDConfig(hidden=8, inner_lr=0.4, inner_steps=2,
-                                               learn_alpha=False), 5, (1, SIZE, SIZE))):
+    for make in (
+        lambda: MAML(MAMLConfig(hidden=8, inner_lr=0.4, inner_steps=2), 5, (1, SIZE, SIZE)),
+        lambda: MetaSGD(
+            MetaSGDConfig(hidden=8, inner_lr=0.4, inner_steps=2, learn_alpha=False),
+            5,
+            (1, SIZE, SIZE),
+        ),
+    ):
         torch.manual_seed(0)
         learner = make()
         stats = [learner.meta_train_step(b, generator) for b in batches]
-        results.append((stats, {k: v.detach().clone()
-                                for k, v in learner.model.state_dict().items()},
-                        learner.evaluate(batches[0])))
+        results.append(
+            (
+                stats,
+                {k: v.detach().clone() for k, v in learner.model.state_dict().items()},
+                learner.evaluate(batches[0]),
+            )
+        )
     (s_maml, p_maml, e_maml), (s_sgd, p_sgd, e_sgd) = results
     assert s_maml == s_sgd
     assert all(torch.equal(p_maml[k], p_sgd[k]) for k in p_maml)  # bit for bit
@@ -298,10 +349,12 @@ def test_maml_meta_gradient_equals_usual_clone_loop_float64():
     reference = reference_conv4(1, 16, 5, 28).double()
     load_reference_into(learner.model, reference)
     g = torch.Generator().manual_seed(0)
-    batch = FewShotBatch(torch.rand(3, 5, 1, 28, 28, generator=g, dtype=torch.float64),
-                         torch.arange(5).expand(3, 5).contiguous(),
-                         torch.rand(3, 10, 1, 28, 28, generator=g, dtype=torch.float64),
-                         torch.arange(5).repeat_interleave(2).expand(3, 10).contiguous())
+    batch = FewShotBatch(
+        torch.rand(3, 5, 1, 28, 28, generator=g, dtype=torch.float64),
+        torch.arange(5).expand(3, 5).contiguous(),
+        torch.rand(3, 10, 1, 28, 28, generator=g, dtype=torch.float64),
+        torch.arange(5).repeat_interleave(2).expand(3, 10).contiguous(),
+    )
     usual_meta_gradients(reference, batch, 0.4)
     learner.meta_gradients(batch)
     g_usual, g_ours = flat_grad(reference.parameters()), flat_grad(learner.model.parameters())
@@ -353,16 +406,23 @@ def test_configs_validate():
         ReptileConfig(inner_lr=0)
     with pytest.raises(ValueError, match=r"algo\.distance"):
         ProtoNetConfig(distance="manhattan")
-    for config in (MAMLConfig(), MetaSGDConfig(), ReptileConfig(), ProtoNetConfig(),
-                   MatchingNetConfig(), MetaNetConfig()):
+    for config in (
+        MAMLConfig(),
+        MetaSGDConfig(),
+        ReptileConfig(),
+        ProtoNetConfig(),
+        MatchingNetConfig(),
+        MetaNetConfig(),
+    ):
         assert dataclasses.is_dataclass(config)
 
 
 # ------------------------------------------------------------------- MetaNet
 def test_metanet_fast_weight_shapes():
     torch.manual_seed(0)
-    learner = MetaNet(MetaNetConfig(hidden=8, head_hidden=16, rep_dim=12, emb_pairs=3), 5,
-                      (1, SIZE, SIZE))
+    learner = MetaNet(
+        MetaNetConfig(hidden=8, head_hidden=16, rep_dim=12, emb_pairs=3), 5, (1, SIZE, SIZE)
+    )
     _, test = synthetic_samplers()
     batch = test.sample(4, torch.Generator().manual_seed(0))  # 5 support, 25 queries
     logits, fast = learner.forward(batch, torch.Generator().manual_seed(0))
@@ -407,10 +467,14 @@ def test_metanet_logits_use_memory_fast_weights():
         logits, fast = learner.forward(batch, torch.Generator().manual_seed(0))
         module = learner.module
         h = module.base_encoder(batch.query_x.flatten(0, 1)).view(2, 25, -1)
-        hidden = (F.relu(module.head1(h))
-                  + F.relu(torch.einsum("tqoi,tqi->tqo", fast.query["w1"], h) + fast.query["b1"]))
-        expected = (module.head2(hidden)
-                    + torch.einsum("tqoi,tqi->tqo", fast.query["w2"], hidden) + fast.query["b2"])
+        hidden = F.relu(module.head1(h)) + F.relu(
+            torch.einsum("tqoi,tqi->tqo", fast.query["w1"], h) + fast.query["b1"]
+        )
+        expected = (
+            module.head2(hidden)
+            + torch.einsum("tqoi,tqi->tqo", fast.query["w2"], hidden)
+            + fast.query["b2"]
+        )
     torch.testing.assert_close(logits, expected)
 
 
@@ -424,8 +488,15 @@ def test_functional_api_used_by_maml_is_domain_agnostic():
     def loss(p, d):
         return F.mse_loss(fn.forward(model, p, d[0]), d[1])
 
-    losses, _ = fn.meta_losses(loss, loss, fn.params_of(model), (data, targets),
-                               (data, targets), lr=0.1, backward_scale=1 / 3)
+    losses, _ = fn.meta_losses(
+        loss,
+        loss,
+        fn.params_of(model),
+        (data, targets),
+        (data, targets),
+        lr=0.1,
+        backward_scale=1 / 3,
+    )
     assert losses.shape == (3,) and model.weight.grad is not None
 
 

@@ -43,8 +43,17 @@ def hidden(name):
 def test_every_fewshot_learner_trains_and_evaluates_on_omniglot(name, tmp_path, capsys):
     run_dir = tmp_path / name
     code, out, err = run(
-        ["train", name, "omniglot", "--iterations", "2", "--logdir", str(run_dir), *TINY,
-         *hidden(name)],
+        [
+            "train",
+            name,
+            "omniglot",
+            "--iterations",
+            "2",
+            "--logdir",
+            str(run_dir),
+            *TINY,
+            *hidden(name),
+        ],
         capsys,
     )
     assert code == 0, err

@@ -39,11 +39,16 @@ def smooth_bn_net(channels: int = 4, ways: int = 3) -> nn.Module:
     (ReLU / max-pool kinks make the inner gradient jump).
     """
     return nn.Sequential(
-        nn.Conv2d(1, channels, 3, padding=1), nn.BatchNorm2d(channels, track_running_stats=False),
-        nn.Tanh(), nn.AvgPool2d(2),
+        nn.Conv2d(1, channels, 3, padding=1),
+        nn.BatchNorm2d(channels, track_running_stats=False),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
         nn.Conv2d(channels, channels, 3, padding=1),
-        nn.BatchNorm2d(channels, track_running_stats=False), nn.Tanh(), nn.AvgPool2d(2),
-        nn.Flatten(), nn.Linear(channels * 16, ways),  # 16×16 input → 4×4
+        nn.BatchNorm2d(channels, track_running_stats=False),
+        nn.Tanh(),
+        nn.AvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(channels * 16, ways),  # 16×16 input → 4×4
     ).to(DT)
 
 
@@ -60,8 +65,9 @@ class HandBN(nn.Module):
 
 
 def with_hand_bn(model: nn.Module) -> nn.Module:
-    out = nn.Sequential(*[HandBN(m.num_features) if isinstance(m, nn.BatchNorm2d) else m
-                          for m in model])
+    out = nn.Sequential(
+        *[HandBN(m.num_features) if isinstance(m, nn.BatchNorm2d) else m for m in model]
+    )
     return out.to(DT)
 
 
@@ -78,14 +84,23 @@ def ce_loss(model):
     def loss(params, data):
         x, y = data
         return F.cross_entropy(fn.forward(model, params, x), y)
+
     return loss
 
 
-def meta_objective(model, params, support, query, *, lr, steps, method="loop",
-                   first_order=False):
+def meta_objective(model, params, support, query, *, lr, steps, method="loop", first_order=False):
     """Mean query loss after adaptation, as a differentiable scalar."""
-    losses, _ = fn.meta_losses(ce_loss(model), ce_loss(model), params, support, query,
-                               steps=steps, lr=lr, method=method, first_order=first_order)
+    losses, _ = fn.meta_losses(
+        ce_loss(model),
+        ce_loss(model),
+        params,
+        support,
+        query,
+        steps=steps,
+        lr=lr,
+        method=method,
+        first_order=first_order,
+    )
     return losses.mean()
 
 
@@ -161,8 +176,9 @@ def test_second_order_matches_closed_form():
 
     dummy = torch.zeros(2, 1, dtype=DT)
     for first_order, factor in ((False, 1 - alpha * a), (True, 1.0)):
-        losses, _ = fn.meta_losses(inner, outer, {"w": w}, dummy, dummy, lr=alpha,
-                                   first_order=first_order)
+        losses, _ = fn.meta_losses(
+            inner, outer, {"w": w}, dummy, dummy, lr=alpha, first_order=first_order
+        )
         (grad,) = torch.autograd.grad(losses.mean(), w)
         w_fast = 1.5 * (1 - alpha * a)
         assert grad.item() == pytest.approx(b * (w_fast - c) * factor, rel=1e-12)
@@ -179,8 +195,9 @@ def test_second_order_meta_gradient_with_batchnorm_matches_fd(method):
     grads = dict(zip(params, torch.autograd.grad(objective, list(params.values()))))
     for seed in (1, 2):
         direction = random_direction(params, seed)
-        fd = directional_fd(lambda p: meta_objective(model, p, support, query, lr=0.3, steps=2),
-                            params, direction)
+        fd = directional_fd(
+            lambda p: meta_objective(model, p, support, query, lr=0.3, steps=2), params, direction
+        )
         assert float(dot(grads, direction)) == pytest.approx(float(fd), rel=1e-6)
 
 
@@ -192,8 +209,9 @@ def test_func_method_with_hand_written_batchnorm_matches_fd():
     objective = meta_objective(model, params, support, query, lr=0.3, steps=1, method="func")
     grads = dict(zip(params, torch.autograd.grad(objective, list(params.values()))))
     direction = random_direction(params)
-    fd = directional_fd(lambda p: meta_objective(model, p, support, query, lr=0.3, steps=1),
-                        params, direction)
+    fd = directional_fd(
+        lambda p: meta_objective(model, p, support, query, lr=0.3, steps=1), params, direction
+    )
     assert float(dot(grads, direction)) == pytest.approx(float(fd), rel=1e-6)
 
 
@@ -208,8 +226,9 @@ def test_meta_sgd_alpha_gradient_matches_fd():
         return meta_objective(model, params, support, query, lr=a, steps=2, method=method)
 
     for method in ("loop", "vmap"):
-        grads = dict(zip(alpha, torch.autograd.grad(objective(alpha, method),
-                                                    list(alpha.values()))))
+        grads = dict(
+            zip(alpha, torch.autograd.grad(objective(alpha, method), list(alpha.values())))
+        )
         direction = random_direction(alpha, seed=3)
         fd = directional_fd(objective, alpha, direction)
         assert float(dot(grads, direction)) == pytest.approx(float(fd), rel=1e-6)
@@ -221,8 +240,9 @@ def test_first_order_gradient_matches_fd_at_adapted_weights(method):
     model = with_hand_bn(smooth_bn_net()) if method == "func" else smooth_bn_net()
     params = fn.params_of(model)
     support, query = make_tasks()
-    objective = meta_objective(model, params, support, query, lr=0.3, steps=2, method=method,
-                               first_order=True)
+    objective = meta_objective(
+        model, params, support, query, lr=0.3, steps=2, method=method, first_order=True
+    )
     grads = dict(zip(params, torch.autograd.grad(objective, list(params.values()))))
     # FOMAML's gradient is Σ_t ∇L_q(θ'_t) / T: differentiate the query loss at the (fixed)
     # adapted weights.
@@ -250,12 +270,17 @@ def test_conv4_meta_gradient_matches_fd(method):
     params = fn.params_of(model)
     support, query = make_tasks(tasks=2)
     objective = meta_objective(model, params, support, query, lr=0.3, steps=1, method=method)
-    grads = dict(zip(params, torch.autograd.grad(objective, list(params.values()),
-                                                  allow_unused=True)))
+    grads = dict(
+        zip(params, torch.autograd.grad(objective, list(params.values()), allow_unused=True))
+    )
     grads = {k: g if g is not None else torch.zeros_like(params[k]) for k, g in grads.items()}
     direction = random_direction(params, seed=5)
-    fd = directional_fd(lambda p: meta_objective(model, p, support, query, lr=0.3, steps=1),
-                        params, direction, eps=1e-7)
+    fd = directional_fd(
+        lambda p: meta_objective(model, p, support, query, lr=0.3, steps=1),
+        params,
+        direction,
+        eps=1e-7,
+    )
     assert float(dot(grads, direction)) == pytest.approx(float(fd), rel=1e-6)
 
 
@@ -272,7 +297,8 @@ def test_vmap_grad_batchnorm_trap_is_handled():
         return loss({k: p[k] - 0.3 * g[k] for k in p}, (xq, yq))
 
     naive = torch.func.vmap(naive_task, in_dims=(None, 0, 0, 0, 0))(
-        params, support[0], support[1], query[0], query[1]).mean()
+        params, support[0], support[1], query[0], query[1]
+    ).mean()
     loop = meta_objective(model, params, support, query, lr=0.3, steps=1, method="loop")
     ours = meta_objective(model, params, support, query, lr=0.3, steps=1, method="vmap")
     g_naive = torch.cat([g.flatten() for g in torch.autograd.grad(naive, list(params.values()))])
@@ -339,8 +365,14 @@ def test_conv4_equals_plain_stack_forward_and_meta_gradient(channels_last):
         params = fn.params_of(net)
         objective = meta_objective(net, params, support, query, lr=0.4, steps=1)
         g = torch.autograd.grad(objective, list(params.values()), allow_unused=True)
-        grads.append(torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten()
-                                for gi, p in zip(g, params.values())]))
+        grads.append(
+            torch.cat(
+                [
+                    (gi if gi is not None else torch.zeros_like(p)).flatten()
+                    for gi, p in zip(g, params.values())
+                ]
+            )
+        )
     assert float((grads[1] - grads[0]).norm() / grads[0].norm()) < 1e-10
 
 
@@ -353,8 +385,12 @@ def test_batched_methods_agree_on_conv4():
     for method in ("loop", "vmap"):
         objective = meta_objective(model, params, support, query, lr=0.4, steps=2, method=method)
         g = torch.autograd.grad(objective, list(params.values()), allow_unused=True)
-        results[method] = torch.cat([(gi if gi is not None else torch.zeros_like(p)).flatten()
-                                     for gi, p in zip(g, params.values())])
+        results[method] = torch.cat(
+            [
+                (gi if gi is not None else torch.zeros_like(p)).flatten()
+                for gi, p in zip(g, params.values())
+            ]
+        )
     rel = (results["vmap"] - results["loop"]).norm() / results["loop"].norm()
     assert float(rel) < 1e-10
 
@@ -381,8 +417,12 @@ def test_functional_maml_doctest():
 def test_functional_maml_meta_sgd_alpha_gets_gradient():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))
-    alpha = nn.ParameterDict({fn.safe_key(k): nn.Parameter(torch.full_like(v, 0.05))
-                              for k, v in model.named_parameters()})
+    alpha = nn.ParameterDict(
+        {
+            fn.safe_key(k): nn.Parameter(torch.full_like(v, 0.05))
+            for k, v in model.named_parameters()
+        }
+    )
     maml = FunctionalMAMLAlias = fn.FunctionalMAML(model, lr=alpha)  # noqa: F841
     assert {id(p) for p in maml.parameters()} >= {id(p) for p in alpha.parameters()}
     x = torch.linspace(-1, 1, 10)[:, None]

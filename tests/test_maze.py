@@ -89,8 +89,9 @@ def bfs_cells(free: np.ndarray, start: tuple[int, int]) -> dict[tuple[int, int],
     return seen
 
 
-@pytest.mark.parametrize("rows,cols", [(3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8), (9, 9),
-                                       (1, 6), (3, 7)])
+@pytest.mark.parametrize(
+    "rows,cols", [(3, 3), (4, 4), (5, 5), (6, 6), (7, 7), (8, 8), (9, 9), (1, 6), (3, 7)]
+)
 def test_generated_mazes_are_perfect(rows, cols):
     for seed in range(4):
         free = generate_mazes(25, rows, cols, np.random.default_rng(seed))
@@ -131,8 +132,15 @@ def test_distribution_options():
     assert MazeDistribution(size=9).max_steps == 500
     assert MazeDistribution(size=7).max_steps == 375
     assert MazeDistribution(size=9, max_steps=42).max_steps == 42
-    for bad in ({"size": "huge"}, {"size": 1}, {"view": "pixels"}, {"num_rays": 0},
-                {"fov_degrees": 0.0}, {"num_colors": 300}, {"max_steps": 0}):
+    for bad in (
+        {"size": "huge"},
+        {"size": 1},
+        {"view": "pixels"},
+        {"num_rays": 0},
+        {"fov_degrees": 0.0},
+        {"num_colors": 300},
+        {"max_steps": 0},
+    ):
         with pytest.raises(ValueError):
             MazeDistribution(**bad)
     dist = MazeDistribution(num_rays=16, num_colors=3)
@@ -224,8 +232,14 @@ def test_rays_match_reference_caster(size, num_rays, fov):
             obs = env._observe(env.cell, env.heading, None)
             for row in range(3):
                 f = ray_features(obs[row], num_rays, 7)
-                ref = reference_rays(tasks.grid[row].numpy(), tasks.goal[row].tolist(),
-                                     divmod(cell, size), heading, num_rays, fov)
+                ref = reference_rays(
+                    tasks.grid[row].numpy(),
+                    tasks.goal[row].tolist(),
+                    divmod(cell, size),
+                    heading,
+                    num_rays,
+                    fov,
+                )
                 for i, (t_wall, colour, visible, t_goal) in enumerate(ref):
                     assert f[i, 0].item() == pytest.approx(t_wall / diag, abs=1e-5)
                     assert f[i, 3 + colour - 1].item() == 1.0 and f[i, 3:].sum().item() == 1.0
@@ -363,8 +377,14 @@ def run_trials(dist, policy, tasks, episodes, seed=0):
     paths = [[[tuple(c)]] for c in env.agent_cell.tolist()]
     t = 0
     while bool((episode < episodes).any()):
-        inp = StepInput(obs, prev_action, prev_reward, prev_done,
-                        trial_start=torch.full((rows,), t == 0), episode_step=step_in_ep.clone())
+        inp = StepInput(
+            obs,
+            prev_action,
+            prev_reward,
+            prev_done,
+            trial_start=torch.full((rows,), t == 0),
+            episode_step=step_in_ep.clone(),
+        )
         out = policy.step(inp, state, generator)
         state = out.state
         step = env.step(out.action)
@@ -428,8 +448,9 @@ def test_random_walk_baseline():
 
 
 # ----------------------------------------------------------------------------- gymnasium
-@pytest.mark.parametrize("kwargs", [{}, {"view": "topdown", "size": 4},
-                                    {"render_mode": "rgb_array", "size": "small"}])
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"view": "topdown", "size": 4}, {"render_mode": "rgb_array", "size": "small"}]
+)
 def test_gym_checkers(kwargs):
     env = gym.make("metarl/Maze-v0", **kwargs)
     gym_check_env(env.unwrapped, skip_render_check=False)

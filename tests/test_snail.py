@@ -119,8 +119,9 @@ def test_step_beyond_sequence_length_grows_attention_cache():
     x = _rand(11, 2, 3)
     with torch.no_grad():
         full = model(x)
-    torch.testing.assert_close(_step_all(model, x, model.initial_state(2, "cpu")), full,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        _step_all(model, x, model.initial_state(2, "cpu")), full, atol=1e-5, rtol=0
+    )
 
 
 @pytest.mark.parametrize(
@@ -132,16 +133,17 @@ def test_block_step_equals_forward(block):
     x = _rand(6, 3, 3)
     with torch.no_grad():
         full = block(x)
-    torch.testing.assert_close(_step_all(block, x, block.initial_cache(3)), full,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(_step_all(block, x, block.initial_cache(3)), full, atol=1e-5, rtol=0)
 
 
 def test_omniglot_stack_step_equals_forward():
     """The few-shot stack (attention first) through the same machinery, shrunk."""
     torch.manual_seed(7)
     blocks = tuple(
-        AttentionSpec(s.key_size // 16, s.value_size // 16) if isinstance(s, AttentionSpec)
-        else TCSpec(s.filters // 16) for s in PAPER_OMNIGLOT_BLOCKS
+        AttentionSpec(s.key_size // 16, s.value_size // 16)
+        if isinstance(s, AttentionSpec)
+        else TCSpec(s.filters // 16)
+        for s in PAPER_OMNIGLOT_BLOCKS
     )
     n, k = 3, 2
     stack = SNAILStack(5 + n, n * k + 1, blocks)
@@ -150,8 +152,7 @@ def test_omniglot_stack_step_equals_forward():
         full = stack(x)
     levels = num_dense_blocks(n * k + 1)
     assert stack.out_channels == 5 + n + 2 + levels * 8 + 8 + levels * 8 + 16 == full.shape[-1]
-    torch.testing.assert_close(_step_all(stack, x, stack.initial_cache(2)), full,
-                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(_step_all(stack, x, stack.initial_cache(2)), full, atol=1e-5, rtol=0)
 
 
 def test_reset_rows_restarts_a_trial():
@@ -195,8 +196,9 @@ def test_channel_counts():
     assert model(_rand(100, 2, 3)).shape == (100, 2, 512)
     value = SNAILSequenceModel(3, 100, SNAILConfig.paper_value_function())
     assert value.output_size == 32 + 2 * 7 * 16 + 16
-    raw = SNAILSequenceModel(3, 4, SNAILConfig(embed_size=None, filters=2, num_tc_blocks=1,
-                                               key_size=2, value_size=5))
+    raw = SNAILSequenceModel(
+        3, 4, SNAILConfig(embed_size=None, filters=2, num_tc_blocks=1, key_size=2, value_size=5)
+    )
     assert raw.output_size == 3 + 2 * 2 + 5 == raw(_rand(4, 1, 3)).shape[-1]
 
 
@@ -225,8 +227,7 @@ def test_bad_inputs_raise():
 # ------------------------------------------------------------------- gradients
 def test_forward_is_differentiable_gradcheck():
     torch.manual_seed(9)
-    cfg = SNAILConfig(embed_size=3, embed_activation="tanh", filters=2, key_size=2,
-                      value_size=2)
+    cfg = SNAILConfig(embed_size=3, embed_activation="tanh", filters=2, key_size=2, value_size=2)
     model = SNAILSequenceModel(2, 5, cfg).double()
     x = torch.randn(5, 2, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda inp: model(inp), (x,))
@@ -244,8 +245,9 @@ def test_conv_cache_size_is_independent_of_t():
     T, B = 40, 2
     model = SNAILSequenceModel(3, T, SMALL)
     state = model.initial_state(B, "cpu")
-    tc_caches = [c for layer, c in zip(model.stack.layers, state, strict=True)
-                 if isinstance(layer, TCBlock)]
+    tc_caches = [
+        c for layer, c in zip(model.stack.layers, state, strict=True) if isinstance(layer, TCBlock)
+    ]
     dense = [dc for tc in tc_caches for dc in tc]
     sizes0 = [ring.numel() for ring, _ in dense]
     ptrs0 = [ring.data_ptr() for ring, _ in dense]
@@ -253,12 +255,15 @@ def test_conv_cache_size_is_independent_of_t():
     x = _rand(T, B, 3)
     for t in range(T):
         _, state = model.step(x[t], state)
-        dense_now = [dc for layer, c in zip(model.stack.layers, state, strict=True)
-                     if isinstance(layer, TCBlock) for dc in c]
+        dense_now = [
+            dc
+            for layer, c in zip(model.stack.layers, state, strict=True)
+            if isinstance(layer, TCBlock)
+            for dc in c
+        ]
         assert [ring.numel() for ring, _ in dense_now] == sizes0
         assert [ring.data_ptr() for ring, _ in dense_now] == ptrs0
-    blocks = [b for layer in model.stack.layers if isinstance(layer, TCBlock)
-              for b in layer.blocks]
+    blocks = [b for layer in model.stack.layers if isinstance(layer, TCBlock) for b in layer.blocks]
     assert sizes0 == [B * b.dilation * 2 * b.filters for b in blocks]
     # attention buffers were preallocated to T: never reallocated within the trial
     assert state[-1][0].data_ptr() == att_ptr and state[-1][0].shape[1] == T

@@ -39,5 +39,14 @@ LEARNERS: dict[str, type[FewShotLearner]] = {
     "snail": SNAILClassifier,
 }
 
-__all__ = ["LEARNERS", "MAML", "FewShotLearner", "MatchingNet", "MetaNet", "MetaSGD",
-           "ProtoNet", "Reptile", "SNAILClassifier"]
+__all__ = [
+    "LEARNERS",
+    "MAML",
+    "FewShotLearner",
+    "MatchingNet",
+    "MetaNet",
+    "MetaSGD",
+    "ProtoNet",
+    "Reptile",
+    "SNAILClassifier",
+]

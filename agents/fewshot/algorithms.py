@@ -119,8 +119,9 @@ class FewShotAlgorithm(Learner):
         if self.problem.regression and self.learner.gradient_based:
             from agents.fewshot.plots import plot_sinusoid_fits
 
-            plot_sinusoid_fits(self.learner, next(iter(tasks)), out_dir / "fits.png",
-                               title=self.registered_name)
+            plot_sinusoid_fits(
+                self.learner, next(iter(tasks)), out_dir / "fits.png", title=self.registered_name
+            )
 
 
 def _algorithm(name: str, learner: type[FewShotLearner]) -> type[FewShotAlgorithm]:

@@ -78,8 +78,11 @@ def conv_bn_fused(
         # Omniglot's low-variance first layer) would reach the normalised output. The
         # float64 part is a 9×9 covariance — negligible work.
         wide = x.device.type in ("cpu", "cuda")  # e.g. MPS has no float64
-        stat_dtype = torch.float64 if wide and x.dtype in (
-            torch.float32, torch.float16, torch.bfloat16) else x.dtype
+        stat_dtype = (
+            torch.float64
+            if wide and x.dtype in (torch.float32, torch.float16, torch.bfloat16)
+            else x.dtype
+        )
         cols64 = cols.to(stat_dtype)
         mu64 = cols64.mean(0)
         centred64 = cols64 - mu64
@@ -131,8 +134,15 @@ class ConvBlock(nn.Module):
             natively and converts to NCHW (after pooling) when this is False.
     """
 
-    def __init__(self, in_channels: int, out_channels: int, *, fused: bool = False,
-                 track_running_stats: bool = False, channels_last: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        *,
+        fused: bool = False,
+        track_running_stats: bool = False,
+        channels_last: bool = False,
+    ):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm = nn.BatchNorm2d(out_channels, track_running_stats=track_running_stats)
@@ -148,10 +158,16 @@ class ConvBlock(nn.Module):
                 if momentum is None:  # cumulative moving average, as nn.BatchNorm2d
                     momentum = 1.0 / float(norm.num_batches_tracked)
             h = conv_bn_fused(
-                x, self.conv.weight, self.conv.bias, norm.weight, norm.bias,
-                running_mean=norm.running_mean, running_var=norm.running_var,
+                x,
+                self.conv.weight,
+                self.conv.bias,
+                norm.weight,
+                norm.bias,
+                running_mean=norm.running_mean,
+                running_var=norm.running_var,
                 training=self.training or not norm.track_running_stats,
-                momentum=momentum if momentum is not None else 0.0, eps=norm.eps,
+                momentum=momentum if momentum is not None else 0.0,
+                eps=norm.eps,
             )
             h = F.relu(F.max_pool2d(h, 2))  # channels-last: the fast max-pool kernel
             # Back to NCHW on request (after pooling: a 4x smaller copy).
@@ -184,18 +200,31 @@ class Conv4(nn.Module):
             Irrelevant in float64, and small against task-sampling noise.
     """
 
-    def __init__(self, in_channels: int = 1, hidden: int = 64, out_features: int | None = None,
-                 image_size: int = 28, *, num_blocks: int = 4, track_running_stats: bool = False,
-                 fuse_first: bool = True, channels_last: bool = True):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        hidden: int = 64,
+        out_features: int | None = None,
+        image_size: int = 28,
+        *,
+        num_blocks: int = 4,
+        track_running_stats: bool = False,
+        fuse_first: bool = True,
+        channels_last: bool = True,
+    ):
         super().__init__()
         blocks = []
         for i in range(num_blocks):
             # Only the first block ever converts: later blocks inherit its layout.
-            blocks.append(ConvBlock(
-                in_channels if i == 0 else hidden, hidden, fused=fuse_first and i == 0,
-                track_running_stats=track_running_stats,
-                channels_last=channels_last if i == 0 else False,
-            ))
+            blocks.append(
+                ConvBlock(
+                    in_channels if i == 0 else hidden,
+                    hidden,
+                    fused=fuse_first and i == 0,
+                    track_running_stats=track_running_stats,
+                    channels_last=channels_last if i == 0 else False,
+                )
+            )
         self.blocks = nn.Sequential(*blocks)
         size = image_size
         for _ in range(num_blocks):
@@ -224,8 +253,9 @@ class MLP(nn.Module):
         out_features: Output size.
     """
 
-    def __init__(self, in_features: int = 1, hidden: Sequence[int] = (40, 40),
-                 out_features: int = 1):
+    def __init__(
+        self, in_features: int = 1, hidden: Sequence[int] = (40, 40), out_features: int = 1
+    ):
         super().__init__()
         layers: list[nn.Module] = []
         size = in_features
@@ -240,8 +270,13 @@ class MLP(nn.Module):
         return self.net(x)
 
 
-def reference_conv4(in_channels: int = 1, hidden: int = 64, out_features: int = 5,
-                    image_size: int = 28, num_blocks: int = 4) -> nn.Sequential:
+def reference_conv4(
+    in_channels: int = 1,
+    hidden: int = 64,
+    out_features: int = 5,
+    image_size: int = 28,
+    num_blocks: int = 4,
+) -> nn.Sequential:
     """Conv-4 written the usual way (plain layers, NCHW, ReLU before pool).
 
     The yardstick for :class:`Conv4`'s exact rewrites (tests) and the baseline of

@@ -43,9 +43,16 @@ def check_positive(config: Any, *names: str, allow_zero: bool = False) -> None:
             raise ValueError(f"algo.{name} must be {bound}, got {value}")
 
 
-def build_backbone(input_shape: Sequence[int], out_features: int | None, *, hidden: int = 64,
-                   mlp_hidden: Sequence[int] = (40, 40), track_running_stats: bool = False,
-                   fuse_first: bool = True, channels_last: bool = True) -> nn.Module:
+def build_backbone(
+    input_shape: Sequence[int],
+    out_features: int | None,
+    *,
+    hidden: int = 64,
+    mlp_hidden: Sequence[int] = (40, 40),
+    track_running_stats: bool = False,
+    fuse_first: bool = True,
+    channels_last: bool = True,
+) -> nn.Module:
     """Conv-4 for images ``(C, H, W)``, an MLP for vectors ``(D,)``.
 
     Args:
@@ -62,9 +69,15 @@ def build_backbone(input_shape: Sequence[int], out_features: int | None, *, hidd
         channels, height, width = input_shape
         if height != width:
             raise ValueError(f"Conv-4 needs square images, got {tuple(input_shape)}")
-        return Conv4(channels, hidden, out_features, height,
-                     track_running_stats=track_running_stats, fuse_first=fuse_first,
-                     channels_last=channels_last)
+        return Conv4(
+            channels,
+            hidden,
+            out_features,
+            height,
+            track_running_stats=track_running_stats,
+            fuse_first=fuse_first,
+            channels_last=channels_last,
+        )
     if len(input_shape) == 1:
         if out_features is None:
             raise ValueError("vector inputs need an output size (no embedding backbone)")
@@ -92,8 +105,12 @@ def split_tasks(batch: Any, size: int) -> list[FewShotBatch]:
     tasks = batch.support_x.shape[0]
     size = tasks if size <= 0 else size
     return [
-        FewShotBatch(batch.support_x[s:s + size], batch.support_y[s:s + size],
-                     batch.query_x[s:s + size], batch.query_y[s:s + size])
+        FewShotBatch(
+            batch.support_x[s : s + size],
+            batch.support_y[s : s + size],
+            batch.query_x[s : s + size],
+            batch.query_y[s : s + size],
+        )
         for s in range(0, tasks, size)
     ]
 
@@ -127,8 +144,14 @@ class FewShotLearner:
     description: ClassVar[str] = ""
     gradient_based: ClassVar[bool] = False
 
-    def __init__(self, config: Any, num_ways: int, input_shape: Sequence[int],
-                 device: torch.device | str = "cpu", regression: bool = False):
+    def __init__(
+        self,
+        config: Any,
+        num_ways: int,
+        input_shape: Sequence[int],
+        device: torch.device | str = "cpu",
+        regression: bool = False,
+    ):
         if not dataclasses.is_dataclass(config):
             raise TypeError(f"config must be a dataclass, got {type(config).__name__}")
         self.config = config
@@ -148,9 +171,13 @@ class FewShotLearner:
         """Per-task query accuracy (or MSE) keyed by inner steps."""
         raise NotImplementedError
 
-    def episodic_step(self, batch: Any, chunk: int,
-                      forward: Callable[[FewShotBatch], tuple[Tensor, Tensor]],
-                      grad_clip: float = 0.0) -> dict[str, float]:
+    def episodic_step(
+        self,
+        batch: Any,
+        chunk: int,
+        forward: Callable[[FewShotBatch], tuple[Tensor, Tensor]],
+        grad_clip: float = 0.0,
+    ) -> dict[str, float]:
         """One optimiser step on the mean query loss, accumulated over task groups.
 
         Args:
@@ -174,8 +201,11 @@ class FewShotLearner:
         grad_norm = clip_grad(list(self.nets.parameters()), grad_clip)
         self.optimizer.step()
         self.steps_done += 1
-        return {"loss": loss_sum, "accuracy": torch.cat(accuracies).mean().item(),
-                "grad_norm": grad_norm}
+        return {
+            "loss": loss_sum,
+            "accuracy": torch.cat(accuracies).mean().item(),
+            "grad_norm": grad_norm,
+        }
 
     def extra_state(self) -> dict[str, Any]:
         """Further picklable state (subclasses extend)."""
@@ -217,7 +247,7 @@ class MetricLearner(FewShotLearner):
         q = batch.query_x.shape[1]
         images = torch.cat([batch.support_x.flatten(0, 1), batch.query_x.flatten(0, 1)])
         z = self.nets["encoder"](images)
-        return z[: tasks * s].view(tasks, s, -1), z[tasks * s:].view(tasks, q, -1)
+        return z[: tasks * s].view(tasks, s, -1), z[tasks * s :].view(tasks, q, -1)
 
     def query_log_probs(self, batch: Any) -> Tensor:
         """Query class log-probabilities ``[tasks, Q, N]``."""
@@ -231,12 +261,19 @@ class MetricLearner(FewShotLearner):
 
     def meta_train_step(self, batch: Any, generator: torch.Generator) -> dict[str, float]:
         """One Adam step on the query NLL of a meta-batch."""
-        return self.episodic_step(batch, self.config.tasks_per_pass, self.loss_and_accuracy,
-                                  self.config.grad_clip)
+        return self.episodic_step(
+            batch, self.config.tasks_per_pass, self.loss_and_accuracy, self.config.grad_clip
+        )
 
     @torch.no_grad()
     def evaluate(self, batch: Any) -> dict[int, Tensor]:
         """Per-task query accuracy ``{0: [tasks]}`` (no inner steps)."""
         self.nets.eval()
-        return {0: torch.cat([self.loss_and_accuracy(group)[1] for group in
-                              split_tasks(batch, self.config.tasks_per_pass)])}
+        return {
+            0: torch.cat(
+                [
+                    self.loss_and_accuracy(group)[1]
+                    for group in split_tasks(batch, self.config.tasks_per_pass)
+                ]
+            )
+        }

@@ -56,17 +56,22 @@ def _resize(ink: np.ndarray, image_size: int, chunk: int = 64) -> Tensor:
     chars, drawers, h, w = ink.shape
     out = torch.empty(chars, drawers, image_size, image_size)
     for start in range(0, chars, chunk):
-        block = torch.from_numpy(ink[start:start + chunk]).float()
+        block = torch.from_numpy(ink[start : start + chunk]).float()
         block = block.reshape(-1, 1, h, w)
         # "area" averages every source pixel into its output cell: antialiased for the
         # 3.75× non-integer shrink, unlike plain bilinear sampling.
         small = F.interpolate(block, size=(image_size, image_size), mode="area")
-        out[start:start + chunk] = small.reshape(-1, drawers, image_size, image_size)
+        out[start : start + chunk] = small.reshape(-1, drawers, image_size, image_size)
     return out
 
 
-def load_omniglot(data_dir: str | os.PathLike | None = None, *, image_size: int = 28,
-                  cache_dir: str | os.PathLike | None = None, use_cache: bool = True) -> Tensor:
+def load_omniglot(
+    data_dir: str | os.PathLike | None = None,
+    *,
+    image_size: int = 28,
+    cache_dir: str | os.PathLike | None = None,
+    use_cache: bool = True,
+) -> Tensor:
     """All 1,623 Omniglot characters × 20 drawers, resized, ink = 1.
 
     Args:
@@ -160,8 +165,9 @@ class ClassImages:
         return ClassImages(self.images.to(device), self.char_ids.to(device), self.rotations)
 
 
-def omniglot_splits(images: Tensor, *, seed: int = 0, num_train: int = 1200,
-                    rotations: bool = True) -> dict[str, ClassImages]:
+def omniglot_splits(
+    images: Tensor, *, seed: int = 0, num_train: int = 1200, rotations: bool = True
+) -> dict[str, ClassImages]:
     """The Vinyals et al. split: seeded shuffle of all characters, ``num_train`` for training.
 
     Args:
@@ -184,9 +190,14 @@ def omniglot_splits(images: Tensor, *, seed: int = 0, num_train: int = 1200,
     }
 
 
-def gaussian_cluster_images(num_classes: int, per_class: int = 20, image_size: int = 16, *,
-                            noise: float = 0.5, generator: torch.Generator | None = None,
-                            ) -> ClassImages:
+def gaussian_cluster_images(
+    num_classes: int,
+    per_class: int = 20,
+    image_size: int = 16,
+    *,
+    noise: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> ClassImages:
     """Synthetic classes: a random blurred prototype image per class plus Gaussian noise.
 
     Small, instant stand-in for Omniglot in tests and smoke runs (no rotations).

@@ -64,8 +64,9 @@ class MAMLConfig(EpisodicConfig):
         check_positive(self, "meta_batch", "inner_lr", "meta_lr", "hidden")
         check_positive(self, "inner_steps", "eval_inner_steps", "grad_clip", allow_zero=True)
         if self.method not in (*fn.METHODS, "auto"):
-            raise ValueError(f"algo.method must be one of auto, {', '.join(fn.METHODS)}, "
-                             f"got {self.method!r}")
+            raise ValueError(
+                f"algo.method must be one of auto, {', '.join(fn.METHODS)}, got {self.method!r}"
+            )
         self.mlp_hidden = tuple(int(h) for h in self.mlp_hidden)
 
 
@@ -76,12 +77,21 @@ class MAML(FewShotLearner):
     description = "MAML: second/first-order gradient-based meta-learning (Conv-4 / MLP)"
     gradient_based = True
 
-    def __init__(self, config: MAMLConfig, num_ways: int, input_shape: Any,
-                 device: torch.device | str = "cpu", regression: bool = False):
+    def __init__(
+        self,
+        config: MAMLConfig,
+        num_ways: int,
+        input_shape: Any,
+        device: torch.device | str = "cpu",
+        regression: bool = False,
+    ):
         super().__init__(config, num_ways, input_shape, device, regression)
         self.nets["model"] = build_backbone(
-            self.input_shape, 1 if regression else self.num_ways, hidden=config.hidden,
-            mlp_hidden=config.mlp_hidden, fuse_first=config.fuse_first,
+            self.input_shape,
+            1 if regression else self.num_ways,
+            hidden=config.hidden,
+            mlp_hidden=config.mlp_hidden,
+            fuse_first=config.fuse_first,
             channels_last=config.channels_last,
         )
         self.method = config.method
@@ -134,10 +144,15 @@ class MAML(FewShotLearner):
         self.optimizer.zero_grad(set_to_none=True)
         tasks = batch.support_x.shape[0]
         losses, metric = fn.meta_losses(
-            self.inner_loss, self.outer_loss, fn.params_of(self.model),
-            (batch.support_x, batch.support_y), (batch.query_x, batch.query_y),
-            steps=self.config.inner_steps, lr=self.inner_lr(),
-            first_order=self.config.first_order, method=self.method,
+            self.inner_loss,
+            self.outer_loss,
+            fn.params_of(self.model),
+            (batch.support_x, batch.support_y),
+            (batch.query_x, batch.query_y),
+            steps=self.config.inner_steps,
+            lr=self.inner_lr(),
+            first_order=self.config.first_order,
+            method=self.method,
             backward_scale=1.0 / tasks,
         )
         key = "mse" if self.regression else "accuracy"
@@ -192,11 +207,14 @@ class MetaSGD(MAML):
     description = "Meta-SGD: MAML with meta-learned per-parameter inner learning rates"
 
     def build_extra(self) -> None:
-        self.nets["alpha"] = nn.ParameterDict({
-            fn.safe_key(name): nn.Parameter(torch.full_like(p, self.config.inner_lr),
-                                            requires_grad=self.config.learn_alpha)
-            for name, p in self.model.named_parameters()
-        })
+        self.nets["alpha"] = nn.ParameterDict(
+            {
+                fn.safe_key(name): nn.Parameter(
+                    torch.full_like(p, self.config.inner_lr), requires_grad=self.config.learn_alpha
+                )
+                for name, p in self.model.named_parameters()
+            }
+        )
 
     def meta_parameters(self) -> list[Tensor]:
         params = list(self.model.parameters())

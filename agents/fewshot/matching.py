@@ -89,14 +89,15 @@ class FullContextEmbedding(nn.Module):
         return h.view(tasks, q, dim)
 
 
-def matching_log_probs(support: Tensor, support_y: Tensor, query: Tensor, num_ways: int,
-                       scale: float = 1.0) -> Tensor:
+def matching_log_probs(
+    support: Tensor, support_y: Tensor, query: Tensor, num_ways: int, scale: float = 1.0
+) -> Tensor:
     """``log P(y | x̂)`` ``[tasks, Q, N]`` from cosine attention over the support set."""
     sims = scale * F.normalize(query, dim=-1) @ F.normalize(support, dim=-1).transpose(1, 2)
-    log_attn = torch.log_softmax(sims, dim=-1)                          # [T, Q, S]
-    onehot = F.one_hot(support_y, num_ways).to(torch.bool)              # [T, S, N]
+    log_attn = torch.log_softmax(sims, dim=-1)  # [T, Q, S]
+    onehot = F.one_hot(support_y, num_ways).to(torch.bool)  # [T, S, N]
     masked = log_attn.unsqueeze(-1).masked_fill(~onehot.unsqueeze(1), float("-inf"))
-    return torch.logsumexp(masked, dim=2)                               # [T, Q, N]
+    return torch.logsumexp(masked, dim=2)  # [T, Q, N]
 
 
 class MatchingNet(MetricLearner):
@@ -105,13 +106,20 @@ class MatchingNet(MetricLearner):
     config_cls = MatchingNetConfig
     description = "Matching Networks: cosine attention over the support set (FCE optional)"
 
-    def __init__(self, config: MatchingNetConfig, num_ways: int, input_shape: Any,
-                 device: torch.device | str = "cpu", regression: bool = False):
+    def __init__(
+        self,
+        config: MatchingNetConfig,
+        num_ways: int,
+        input_shape: Any,
+        device: torch.device | str = "cpu",
+        regression: bool = False,
+    ):
         if regression:
             raise ValueError("MatchingNet is a classifier (no regression)")
         super().__init__(config, num_ways, input_shape, device, regression)
-        encoder = build_backbone(self.input_shape, None, hidden=config.hidden,
-                                 track_running_stats=True)
+        encoder = build_backbone(
+            self.input_shape, None, hidden=config.hidden, track_running_stats=True
+        )
         self.nets["encoder"] = encoder
         if config.fce:
             self.nets["fce"] = FullContextEmbedding(encoder.feature_dim, config.fce_steps)
@@ -124,5 +132,4 @@ class MatchingNet(MetricLearner):
         if self.config.fce:
             zs = self.nets["fce"].embed_support(zs)
             zq = self.nets["fce"].embed_query(zq, zs)
-        return matching_log_probs(zs, batch.support_y, zq, self.num_ways,
-                                  self.config.cosine_scale)
+        return matching_log_probs(zs, batch.support_y, zq, self.num_ways, self.config.cosine_scale)

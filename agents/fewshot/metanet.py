@@ -85,14 +85,30 @@ class MetaNetConfig(EpisodicConfig):
     faster than embedding 32 tasks at once (activations stay cache-resident)."""
 
     def __post_init__(self) -> None:
-        check_positive(self, "meta_batch", "lr", "hidden", "head_hidden", "rep_dim", "meta_hidden",
-                       "emb_pairs", "grad_preprocess_p", "attention_scale")
+        check_positive(
+            self,
+            "meta_batch",
+            "lr",
+            "hidden",
+            "head_hidden",
+            "rep_dim",
+            "meta_hidden",
+            "emb_pairs",
+            "grad_preprocess_p",
+            "attention_scale",
+        )
         check_positive(self, "grad_clip", "tasks_per_pass", allow_zero=True)
 
 
 # ---------------------------------------------------------------- building blocks
-def augmented_linear(x: Tensor, weight: Tensor, bias: Tensor, fast_weight: Tensor,
-                     fast_bias: Tensor, relu: bool = True) -> Tensor:
+def augmented_linear(
+    x: Tensor,
+    weight: Tensor,
+    bias: Tensor,
+    fast_weight: Tensor,
+    fast_bias: Tensor,
+    relu: bool = True,
+) -> Tensor:
     """Layer augmentation: slow and fast outputs, each through ReLU, then summed.
 
     Args:
@@ -154,19 +170,21 @@ class MetaNetModule(nn.Module):
 
     def __init__(self, input_shape: tuple[int, ...], num_ways: int, config: MetaNetConfig):
         super().__init__()
-        self.base_encoder = build_backbone(input_shape, None, hidden=config.hidden,
-                                           track_running_stats=True)
-        self.rep_encoder = build_backbone(input_shape, None, hidden=config.hidden,
-                                          track_running_stats=True)
+        self.base_encoder = build_backbone(
+            input_shape, None, hidden=config.hidden, track_running_stats=True
+        )
+        self.rep_encoder = build_backbone(
+            input_shape, None, hidden=config.hidden, track_running_stats=True
+        )
         dim = self.base_encoder.feature_dim
-        self.head1 = nn.Linear(dim, config.head_hidden)         # W1, b1 (augmented, ReLU)
-        self.head2 = nn.Linear(config.head_hidden, num_ways)    # W2, b2 (augmented, logits)
-        self.rep = nn.Linear(dim, config.rep_dim)               # Q, c (augmented, ReLU)
+        self.head1 = nn.Linear(dim, config.head_hidden)  # W1, b1 (augmented, ReLU)
+        self.head2 = nn.Linear(config.head_hidden, num_ways)  # W2, b2 (augmented, logits)
+        self.rep = nn.Linear(dim, config.rep_dim)  # Q, c (augmented, ReLU)
         h = config.meta_hidden
-        self.m = nn.Sequential(nn.Linear(2, h), nn.ReLU(), nn.Linear(h, 1))   # Z
+        self.m = nn.Sequential(nn.Linear(2, h), nn.ReLU(), nn.Linear(h, 1))  # Z
         # m's gradient skip: W* = m(pre(∇)) + β∇, β learnable (part of Z).
         self.m_skip = nn.Parameter(torch.tensor(float(config.m_skip_init)))
-        self.d_cell = nn.LSTMCell(2, h)                                        # G
+        self.d_cell = nn.LSTMCell(2, h)  # G
         self.d_out = nn.Linear(h, 1)
         self.num_ways = num_ways
         self.p = config.grad_preprocess_p
@@ -175,19 +193,24 @@ class MetaNetModule(nn.Module):
     # ------------------------------------------------------------ helpers
     def head_params(self) -> dict[str, Tensor]:
         """The base learner's slow head weights ``W`` by name."""
-        return {"w1": self.head1.weight, "b1": self.head1.bias,
-                "w2": self.head2.weight, "b2": self.head2.bias}
+        return {
+            "w1": self.head1.weight,
+            "b1": self.head1.bias,
+            "w2": self.head2.weight,
+            "b2": self.head2.bias,
+        }
 
     @staticmethod
     def slow_head(params: dict[str, Tensor], h: Tensor) -> Tensor:
         """Base head with slow weights only: ``W2 relu(W1 h + b1) + b2``."""
-        return F.linear(F.relu(F.linear(h, params["w1"], params["b1"])), params["w2"],
-                        params["b2"])
+        return F.linear(F.relu(F.linear(h, params["w1"], params["b1"])), params["w2"], params["b2"])
 
     def generate_m(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
         """``W* = m(Z, ∇)`` coordinate-wise, same shapes as ``grads``."""
-        return {k: self.m(preprocess_gradients(g, self.p)).squeeze(-1) + self.m_skip * g
-                for k, g in grads.items()}
+        return {
+            k: self.m(preprocess_gradients(g, self.p)).squeeze(-1) + self.m_skip * g
+            for k, g in grads.items()
+        }
 
     def generate_d(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
         """``Q* = d(G, {∇_t})``: an LSTM over the T gradients of each coordinate.
@@ -203,7 +226,7 @@ class MetaNetModule(nn.Module):
             tasks, steps = g.shape[:2]
             shape = g.shape[2:]
             seq = preprocess_gradients(g.reshape(tasks, steps, -1), self.p)  # [T', P, C, 2]
-            seq = seq.transpose(1, 2).reshape(-1, steps, 2)                  # [T'·C, P, 2]
+            seq = seq.transpose(1, 2).reshape(-1, steps, 2)  # [T'·C, P, 2]
             h = seq.new_zeros(seq.shape[0], self.d_cell.hidden_size)
             c = torch.zeros_like(h)
             for t in range(steps):
@@ -220,28 +243,35 @@ class MetaNetModule(nn.Module):
         """
         if fast is None:
             return F.relu(self.rep(h))
-        return augmented_linear(h, self.rep.weight, self.rep.bias, fast["q"].unsqueeze(1),
-                                fast["c"].unsqueeze(1))
+        return augmented_linear(
+            h, self.rep.weight, self.rep.bias, fast["q"].unsqueeze(1), fast["c"].unsqueeze(1)
+        )
 
     # ------------------------------------------------------------ forward
-    def forward(self, support_x: Tensor, support_y: Tensor, query_x: Tensor,
-                generator: torch.Generator | None = None, pairs: int = 4,
-                ) -> tuple[Tensor, FastWeights]:
+    def forward(
+        self,
+        support_x: Tensor,
+        support_y: Tensor,
+        query_x: Tensor,
+        generator: torch.Generator | None = None,
+        pairs: int = 4,
+    ) -> tuple[Tensor, FastWeights]:
         """Query logits ``[tasks, Q, N]`` and the generated fast weights."""
         tasks, s = support_x.shape[:2]
         q = query_x.shape[1]
         images = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])
         hb = self.base_encoder(images)
         hu = self.rep_encoder(images)
-        hb_s, hb_q = hb[: tasks * s].view(tasks, s, -1), hb[tasks * s:].view(tasks, q, -1)
-        hu_s, hu_q = hu[: tasks * s].view(tasks, s, -1), hu[tasks * s:].view(tasks, q, -1)
+        hb_s, hb_q = hb[: tasks * s].view(tasks, s, -1), hb[tasks * s :].view(tasks, q, -1)
+        hu_s, hu_q = hu[: tasks * s].view(tasks, s, -1), hu[tasks * s :].view(tasks, q, -1)
 
         # Task-level fast weights Q* from representation-loss gradients of T pairs.
         first, second = sample_pairs(tasks, s, pairs, generator, support_x.device)
         rows = torch.arange(tasks, device=support_x.device)[:, None]
-        same = (support_y[rows, first] == support_y[rows, second]).float()      # [T, P]
-        rep_grads = pair_gradients(self.rep.weight, self.rep.bias, hu_s[rows, first],
-                                   hu_s[rows, second], same)
+        same = (support_y[rows, first] == support_y[rows, second]).float()  # [T, P]
+        rep_grads = pair_gradients(
+            self.rep.weight, self.rep.bias, hu_s[rows, first], hu_s[rows, second], same
+        )
         task_fast = self.generate_d(rep_grads)
 
         # Example-level fast weights W*_i from each support example's loss gradient.
@@ -249,22 +279,31 @@ class MetaNetModule(nn.Module):
         example_fast = self.generate_m(example_grads)
 
         # Memory: keys R = u(Q, Q*, x'_i), values M = W*_i; queries read by cosine attention.
-        keys = self.represent(hu_s, task_fast)                                   # [T, S, R]
-        query_keys = self.represent(hu_q, task_fast)                             # [T, Q, R]
+        keys = self.represent(hu_s, task_fast)  # [T, S, R]
+        query_keys = self.represent(hu_q, task_fast)  # [T, Q, R]
         sims = F.normalize(query_keys, dim=-1) @ F.normalize(keys, dim=-1).transpose(1, 2)
-        attention = torch.softmax(self.attention_scale * sims, dim=-1)           # [T, Q, S]
-        query_fast = {k: torch.einsum("tqs,ts...->tq...", attention, v)
-                      for k, v in example_fast.items()}
+        attention = torch.softmax(self.attention_scale * sims, dim=-1)  # [T, Q, S]
+        query_fast = {
+            k: torch.einsum("tqs,ts...->tq...", attention, v) for k, v in example_fast.items()
+        }
 
-        hidden = augmented_linear(hb_q, self.head1.weight, self.head1.bias,
-                                  query_fast["w1"], query_fast["b1"], relu=True)
-        logits = augmented_linear(hidden, self.head2.weight, self.head2.bias,
-                                  query_fast["w2"], query_fast["b2"], relu=False)
+        hidden = augmented_linear(
+            hb_q, self.head1.weight, self.head1.bias, query_fast["w1"], query_fast["b1"], relu=True
+        )
+        logits = augmented_linear(
+            hidden,
+            self.head2.weight,
+            self.head2.bias,
+            query_fast["w2"],
+            query_fast["b2"],
+            relu=False,
+        )
         return logits, FastWeights(example_fast, task_fast, keys, query_fast, attention)
 
 
-def sample_pairs(tasks: int, size: int, pairs: int, generator: torch.Generator | None,
-                 device: torch.device) -> tuple[Tensor, Tensor]:
+def sample_pairs(
+    tasks: int, size: int, pairs: int, generator: torch.Generator | None, device: torch.device
+) -> tuple[Tensor, Tensor]:
     """``pairs`` random ordered pairs of distinct support indices per task, ``[T, P]`` each."""
     gdev = generator.device if generator is not None else torch.device("cpu")
     first = torch.randint(size, (tasks, pairs), generator=generator, device=gdev)
@@ -274,8 +313,9 @@ def sample_pairs(tasks: int, size: int, pairs: int, generator: torch.Generator |
     return first.to(device), second.to(device)
 
 
-def pair_gradients(weight: Tensor, bias: Tensor, ha: Tensor, hb: Tensor,
-                   same: Tensor) -> dict[str, Tensor]:
+def pair_gradients(
+    weight: Tensor, bias: Tensor, ha: Tensor, hb: Tensor, same: Tensor
+) -> dict[str, Tensor]:
     """Per-pair gradients of the representation loss w.r.t. ``Q`` and ``c`` (detached).
 
     The loss of a pair is ``BCE(σ(10 · (cos(r_a, r_b) − ½)), same)`` with
@@ -291,6 +331,7 @@ def pair_gradients(weight: Tensor, bias: Tensor, ha: Tensor, hb: Tensor,
     Returns:
         ``{"q": [tasks, P, R, D], "c": [tasks, P, R]}``.
     """
+
     def loss(w: Tensor, b: Tensor, xa: Tensor, xb: Tensor, target: Tensor) -> Tensor:
         ra, rb = F.relu(F.linear(xa, w, b)), F.relu(F.linear(xb, w, b))
         logit = 10.0 * (F.cosine_similarity(ra, rb, dim=-1, eps=1e-6) - 0.5)
@@ -298,15 +339,23 @@ def pair_gradients(weight: Tensor, bias: Tensor, ha: Tensor, hb: Tensor,
 
     grad = torch.func.grad(loss, argnums=(0, 1))
     per_pair = torch.func.vmap(grad, in_dims=(None, None, 0, 0, 0))
-    flat = per_pair(weight.detach(), bias.detach(), ha.detach().flatten(0, 1),
-                    hb.detach().flatten(0, 1), same.flatten())
+    flat = per_pair(
+        weight.detach(),
+        bias.detach(),
+        ha.detach().flatten(0, 1),
+        hb.detach().flatten(0, 1),
+        same.flatten(),
+    )
     tasks, pairs = same.shape
-    return {"q": flat[0].view(tasks, pairs, *weight.shape),
-            "c": flat[1].view(tasks, pairs, *bias.shape)}
+    return {
+        "q": flat[0].view(tasks, pairs, *weight.shape),
+        "c": flat[1].view(tasks, pairs, *bias.shape),
+    }
 
 
-def example_gradients(params: dict[str, Tensor], h: Tensor, y: Tensor,
-                      num_ways: int) -> dict[str, Tensor]:
+def example_gradients(
+    params: dict[str, Tensor], h: Tensor, y: Tensor, num_ways: int
+) -> dict[str, Tensor]:
     """Per-example gradients of the base head's cross-entropy (meta information, detached).
 
     Args:
@@ -318,6 +367,7 @@ def example_gradients(params: dict[str, Tensor], h: Tensor, y: Tensor,
     Returns:
         ``{name: [tasks, S, *shape]}``.
     """
+
     def loss(p: dict[str, Tensor], x: Tensor, target: Tensor) -> Tensor:
         logits = MetaNetModule.slow_head(p, x)
         return F.cross_entropy(logits, target)
@@ -335,8 +385,14 @@ class MetaNet(FewShotLearner):
     config_cls = MetaNetConfig
     description = "MetaNet: gradient-generated fast weights, layer augmentation, memory"
 
-    def __init__(self, config: MetaNetConfig, num_ways: int, input_shape: Any,
-                 device: torch.device | str = "cpu", regression: bool = False):
+    def __init__(
+        self,
+        config: MetaNetConfig,
+        num_ways: int,
+        input_shape: Any,
+        device: torch.device | str = "cpu",
+        regression: bool = False,
+    ):
         if regression:
             raise ValueError("MetaNet is a classifier here (no regression)")
         super().__init__(config, num_ways, input_shape, device, regression)
@@ -349,14 +405,21 @@ class MetaNet(FewShotLearner):
         """All slow weights."""
         return self.nets["metanet"]
 
-    def forward(self, batch: Any, generator: torch.Generator | None = None,
-                ) -> tuple[Tensor, FastWeights]:
+    def forward(
+        self,
+        batch: Any,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, FastWeights]:
         """Query logits ``[tasks, Q, N]`` and the generated fast weights."""
-        return self.module(batch.support_x, batch.support_y, batch.query_x, generator,
-                           self.config.emb_pairs)
+        return self.module(
+            batch.support_x, batch.support_y, batch.query_x, generator, self.config.emb_pairs
+        )
 
-    def loss_and_accuracy(self, batch: Any, generator: torch.Generator | None,
-                          ) -> tuple[Tensor, Tensor]:
+    def loss_and_accuracy(
+        self,
+        batch: Any,
+        generator: torch.Generator | None,
+    ) -> tuple[Tensor, Tensor]:
         """Mean query cross-entropy and per-task query accuracy ``[tasks]``."""
         logits, _ = self.forward(batch, generator)
         loss = F.cross_entropy(logits.flatten(0, 1), batch.query_y.flatten())
@@ -364,9 +427,12 @@ class MetaNet(FewShotLearner):
 
     def meta_train_step(self, batch: Any, generator: torch.Generator) -> dict[str, float]:
         """One Adam step on the query cross-entropy (``generator`` draws the T pairs)."""
-        return self.episodic_step(batch, self.config.tasks_per_pass,
-                                  lambda group: self.loss_and_accuracy(group, generator),
-                                  self.config.grad_clip)
+        return self.episodic_step(
+            batch,
+            self.config.tasks_per_pass,
+            lambda group: self.loss_and_accuracy(group, generator),
+            self.config.grad_clip,
+        )
 
     @torch.no_grad()
     def evaluate(self, batch: Any) -> dict[int, Tensor]:
@@ -374,5 +440,11 @@ class MetaNet(FewShotLearner):
         evaluation is deterministic)."""
         self.nets.eval()
         generator = torch.Generator(device=batch.support_x.device).manual_seed(0)
-        return {0: torch.cat([self.loss_and_accuracy(group, generator)[1] for group in
-                              split_tasks(batch, self.config.tasks_per_pass)])}
+        return {
+            0: torch.cat(
+                [
+                    self.loss_and_accuracy(group, generator)[1]
+                    for group in split_tasks(batch, self.config.tasks_per_pass)
+                ]
+            )
+        }

@@ -49,13 +49,19 @@ def plot_sinusoid_fits(
         fast, done = theta, 0
         for k in sorted(steps):
             with torch.enable_grad():
-                fast = fn.adapt(learner.inner_loss, fast, support, steps=k - done,
-                                lr=learner.eval_lr())
+                fast = fn.adapt(
+                    learner.inner_loss, fast, support, steps=k - done, lr=learner.eval_lr()
+                )
             done = k
             pred = fn.forward(learner.model, fast, grid)
             ax.plot(grid.cpu(), pred.cpu(), "--", label=f"{k} step{'s' if k != 1 else ''}")
-        ax.plot(batch.support_x[t].cpu(), batch.support_y[t].cpu(), "^", color="tab:purple",
-                label=f"{batch.support_x.shape[1]} points")
+        ax.plot(
+            batch.support_x[t].cpu(),
+            batch.support_y[t].cpu(),
+            "^",
+            color="tab:purple",
+            label=f"{batch.support_x.shape[1]} points",
+        )
         ax.set_title(f"{title} A={amp:.2f} phase={phase:.2f}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

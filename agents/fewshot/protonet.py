@@ -44,12 +44,19 @@ class ProtoNetConfig(EpisodicConfig):
         check_positive(self, "meta_batch", "lr", "hidden", "cosine_scale")
         check_positive(self, "grad_clip", "tasks_per_pass", allow_zero=True)
         if self.distance not in DISTANCES:
-            raise ValueError(f"algo.distance must be one of {', '.join(DISTANCES)}, "
-                             f"got {self.distance!r}")
+            raise ValueError(
+                f"algo.distance must be one of {', '.join(DISTANCES)}, got {self.distance!r}"
+            )
 
 
-def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, num_ways: int,
-                     distance: str = "euclidean", cosine_scale: float = 10.0) -> Tensor:
+def prototype_logits(
+    support: Tensor,
+    support_y: Tensor,
+    query: Tensor,
+    num_ways: int,
+    distance: str = "euclidean",
+    cosine_scale: float = 10.0,
+) -> Tensor:
     """Logits ``[tasks, queries, N]`` of queries against class prototypes.
 
     Args:
@@ -60,15 +67,18 @@ def prototype_logits(support: Tensor, support_y: Tensor, query: Tensor, num_ways
         distance: ``euclidean`` (negative squared distance) or ``cosine``.
         cosine_scale: Multiplier of cosine similarities.
     """
-    onehot = F.one_hot(support_y, num_ways).to(support.dtype)          # [T, S, N]
-    counts = onehot.sum(1).clamp_min(1).unsqueeze(-1)                  # [T, N, 1]
-    protos = onehot.transpose(1, 2) @ support / counts                 # [T, N, D]
+    onehot = F.one_hot(support_y, num_ways).to(support.dtype)  # [T, S, N]
+    counts = onehot.sum(1).clamp_min(1).unsqueeze(-1)  # [T, N, 1]
+    protos = onehot.transpose(1, 2) @ support / counts  # [T, N, D]
     if distance == "cosine":
         unit_q, unit_p = F.normalize(query, dim=-1), F.normalize(protos, dim=-1)
         return cosine_scale * unit_q @ unit_p.transpose(1, 2)
     # ‖q − p‖² expanded: avoids materialising [T, Q, N, D].
-    sq = (query.square().sum(-1, keepdim=True) - 2 * query @ protos.transpose(1, 2)
-          + protos.square().sum(-1).unsqueeze(1))
+    sq = (
+        query.square().sum(-1, keepdim=True)
+        - 2 * query @ protos.transpose(1, 2)
+        + protos.square().sum(-1).unsqueeze(1)
+    )
     return -sq
 
 
@@ -78,20 +88,28 @@ class ProtoNet(MetricLearner):
     config_cls = ProtoNetConfig
     description = "Prototypical Networks: nearest class-mean in a learned embedding"
 
-    def __init__(self, config: ProtoNetConfig, num_ways: int, input_shape: Any,
-                 device: torch.device | str = "cpu", regression: bool = False):
+    def __init__(
+        self,
+        config: ProtoNetConfig,
+        num_ways: int,
+        input_shape: Any,
+        device: torch.device | str = "cpu",
+        regression: bool = False,
+    ):
         if regression:
             raise ValueError("ProtoNet is a classifier (no regression)")
         super().__init__(config, num_ways, input_shape, device, regression)
-        self.nets["encoder"] = build_backbone(self.input_shape, None, hidden=config.hidden,
-                                              track_running_stats=True).to(self.device)
+        self.nets["encoder"] = build_backbone(
+            self.input_shape, None, hidden=config.hidden, track_running_stats=True
+        ).to(self.device)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=config.lr)
 
     def logits(self, batch: Any) -> Tensor:
         """Query logits ``[tasks, Q, N]``."""
         zs, zq = self.embed(batch)
-        return prototype_logits(zs, batch.support_y, zq, self.num_ways,
-                                self.config.distance, self.config.cosine_scale)
+        return prototype_logits(
+            zs, batch.support_y, zq, self.num_ways, self.config.distance, self.config.cosine_scale
+        )
 
     def query_log_probs(self, batch: Any) -> Tensor:
         # NLL of log-softmax is exactly the cross-entropy of the logits.

@@ -71,11 +71,19 @@ class Reptile(FewShotLearner):
     description = "Reptile: first-order meta-learning, θ moves toward task-adapted weights"
     gradient_based = True
 
-    def __init__(self, config: ReptileConfig, num_ways: int, input_shape: Any,
-                 device: torch.device | str = "cpu", regression: bool = False):
+    def __init__(
+        self,
+        config: ReptileConfig,
+        num_ways: int,
+        input_shape: Any,
+        device: torch.device | str = "cpu",
+        regression: bool = False,
+    ):
         super().__init__(config, num_ways, input_shape, device, regression)
         self.nets["model"] = build_backbone(
-            self.input_shape, 1 if regression else self.num_ways, hidden=config.hidden,
+            self.input_shape,
+            1 if regression else self.num_ways,
+            hidden=config.hidden,
             mlp_hidden=config.mlp_hidden,
         ).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.outer_lr)
@@ -118,29 +126,34 @@ class Reptile(FewShotLearner):
                     mean_fast[k] += fast[k] / tasks
             for k, p in theta.items():
                 p.grad = p - mean_fast[k]  # pseudo-gradient: an SGD step of ε moves θ by ε·Δ
-        grad_norm = float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in
-                                                                theta.values()])))
+        grad_norm = float(
+            torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in theta.values()]))
+        )
         self.optimizer.step()
         self.scheduler.step()
         self.steps_done += 1
-        return {"loss": float(torch.stack(losses).mean()), "grad_norm": grad_norm,
-                "outer_lr": float(self.optimizer.param_groups[0]["lr"])}
+        return {
+            "loss": float(torch.stack(losses).mean()),
+            "grad_norm": grad_norm,
+            "outer_lr": float(self.optimizer.param_groups[0]["lr"]),
+        }
 
-    def _adapt_minibatched(self, theta: fn.Params, x: Tensor, y: Tensor,
-                           generator: torch.Generator) -> fn.Params:
+    def _adapt_minibatched(
+        self, theta: fn.Params, x: Tensor, y: Tensor, generator: torch.Generator
+    ) -> fn.Params:
         """``inner_steps`` SGD steps on one task, on ``inner_batch``-sized minibatches."""
         cfg = self.config
         n = x.shape[0]
         if not cfg.inner_batch or cfg.inner_batch >= n:
-            return fn.adapt(self.inner_loss, theta, (x, y), steps=cfg.inner_steps,
-                            lr=cfg.inner_lr)
+            return fn.adapt(self.inner_loss, theta, (x, y), steps=cfg.inner_steps, lr=cfg.inner_lr)
         # Enough permutations for every step; each step takes the next slice.
         rounds = -(-cfg.inner_steps * cfg.inner_batch // n)
-        order = torch.cat([torch.randperm(n, generator=generator, device=generator.device)
-                           for _ in range(rounds)]).to(x.device)
+        order = torch.cat(
+            [torch.randperm(n, generator=generator, device=generator.device) for _ in range(rounds)]
+        ).to(x.device)
         fast = theta
         for step in range(cfg.inner_steps):
-            idx = order[step * cfg.inner_batch:(step + 1) * cfg.inner_batch]
+            idx = order[step * cfg.inner_batch : (step + 1) * cfg.inner_batch]
             fast = fn.adapt(self.inner_loss, fast, (x[idx], y[idx]), steps=1, lr=cfg.inner_lr)
         return fast
 
@@ -156,8 +169,9 @@ class Reptile(FewShotLearner):
             fast = theta
             for step in range(steps + 1):
                 if step > 0:
-                    fast = fn.adapt(self.inner_loss, fast, support, steps=1,
-                                    lr=self.config.inner_lr)
+                    fast = fn.adapt(
+                        self.inner_loss, fast, support, steps=1, lr=self.config.inner_lr
+                    )
                 out = fn.forward(self.model, fast, batch.query_x[t])
                 results[step, t] = query_metric(out, batch.query_y[t], self.regression)
         return {step: results[step] for step in range(steps + 1)}

@@ -70,14 +70,23 @@ class ClassificationSampler:
         device: Where images and batches live.
     """
 
-    def __init__(self, classes: ClassImages, ways: int, shots: int, queries: int,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        classes: ClassImages,
+        ways: int,
+        shots: int,
+        queries: int,
+        device: torch.device | str = "cpu",
+    ):
         if ways > classes.num_classes:
-            raise ValueError(f"{ways}-way tasks need >= {ways} classes, split has "
-                             f"{classes.num_classes}")
+            raise ValueError(
+                f"{ways}-way tasks need >= {ways} classes, split has {classes.num_classes}"
+            )
         if shots + queries > classes.num_drawers:
-            raise ValueError(f"shots + queries = {shots + queries} exceeds the "
-                             f"{classes.num_drawers} examples per class")
+            raise ValueError(
+                f"shots + queries = {shots + queries} exceeds the "
+                f"{classes.num_drawers} examples per class"
+            )
         if shots < 1 or queries < 0:
             raise ValueError("need shots >= 1 and queries >= 0")
         self.ways, self.shots, self.queries = ways, shots, queries
@@ -92,8 +101,11 @@ class ClassificationSampler:
         self.regression = False
         # Flat pixels so that one gather picks images and rotates them together.
         self._pixels = classes.images.to(self.device, torch.float32).reshape(-1).contiguous()
-        self._perms = (rotation_permutations(height, width, self.device) if self.rotations
-                       else torch.arange(height * width, device=self.device)[None])
+        self._perms = (
+            rotation_permutations(height, width, self.device)
+            if self.rotations
+            else torch.arange(height * width, device=self.device)[None]
+        )
 
     def sample(self, num_tasks: int, generator: torch.Generator) -> FewShotBatch:
         """Draws ``num_tasks`` tasks; labels are remapped to ``0..N−1`` per task.
@@ -105,18 +117,24 @@ class ClassificationSampler:
         n, k, q = self.ways, self.shots, self.queries
         gdev = generator.device
         # topk of iid uniforms = uniform random subset in uniform random order.
-        classes = torch.rand(num_tasks, self.num_classes, generator=generator,
-                             device=gdev).topk(n, dim=1).indices              # [T, N]
-        drawers = torch.rand(num_tasks, n, self.num_drawers, generator=generator,
-                             device=gdev).topk(k + q, dim=2).indices          # [T, N, K+Q]
+        classes = (
+            torch.rand(num_tasks, self.num_classes, generator=generator, device=gdev)
+            .topk(n, dim=1)
+            .indices
+        )  # [T, N]
+        drawers = (
+            torch.rand(num_tasks, n, self.num_drawers, generator=generator, device=gdev)
+            .topk(k + q, dim=2)
+            .indices
+        )  # [T, N, K+Q]
         classes, drawers = classes.to(self.device), drawers.to(self.device)
         if self.rotations:
             chars, rots = classes // ROTATIONS, classes % ROTATIONS
         else:
             chars, rots = classes, torch.zeros_like(classes)
         pixels = self.image_hw[0] * self.image_hw[1]
-        first = (chars[:, :, None] * self.num_drawers + drawers) * pixels      # [T, N, K+Q]
-        index = first[..., None] + self._perms[rots][:, :, None, :]           # [T,N,K+Q,HW]
+        first = (chars[:, :, None] * self.num_drawers + drawers) * pixels  # [T, N, K+Q]
+        index = first[..., None] + self._perms[rots][:, :, None, :]  # [T,N,K+Q,HW]
         images = self._pixels[index].reshape(num_tasks, n, k + q, 1, *self.image_hw)
         labels = torch.arange(n, device=self.device)
         return FewShotBatch(
@@ -137,9 +155,13 @@ class SinusoidSampler:
         device: Where batches live.
     """
 
-    def __init__(self, shots: int = 10, queries: int = 10,
-                 distribution: SinusoidDistribution | None = None,
-                 device: torch.device | str = "cpu"):
+    def __init__(
+        self,
+        shots: int = 10,
+        queries: int = 10,
+        distribution: SinusoidDistribution | None = None,
+        device: torch.device | str = "cpu",
+    ):
         self.shots, self.queries = shots, queries
         self.distribution = distribution or SinusoidDistribution()
         self.device = torch.device(device)

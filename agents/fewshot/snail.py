@@ -87,26 +87,39 @@ class SNAILClassifier(FewShotLearner):
     config_cls = SNAILClassifierConfig
     description = "SNAIL: TC + causal attention over (embedding, label) pairs, query last"
 
-    def __init__(self, config: SNAILClassifierConfig, num_ways: int, input_shape: Any,
-                 device: torch.device | str = "cpu", regression: bool = False):
+    def __init__(
+        self,
+        config: SNAILClassifierConfig,
+        num_ways: int,
+        input_shape: Any,
+        device: torch.device | str = "cpu",
+        regression: bool = False,
+    ):
         super().__init__(config, num_ways, input_shape, device, regression)
         vector = len(self.input_shape) == 1
         self.nets["encoder"] = build_backbone(
-            self.input_shape, 64 if vector else None, hidden=config.hidden,
-            mlp_hidden=config.mlp_hidden, track_running_stats=True,
+            self.input_shape,
+            64 if vector else None,
+            hidden=config.hidden,
+            mlp_hidden=config.mlp_hidden,
+            track_running_stats=True,
         )
         with torch.no_grad():
             embed_dim = self.nets["encoder"](torch.zeros(1, *self.input_shape)).shape[-1]
         self.nets["embed_norm"] = nn.LayerNorm(embed_dim) if config.embed_norm else nn.Identity()
         self.label_dim = 1 if regression else self.num_ways
-        blocks = (PAPER_OMNIGLOT_BLOCKS if config.blocks == "paper"
-                  else (TCSpec(32), AttentionSpec(32, 32)))
+        blocks = (
+            PAPER_OMNIGLOT_BLOCKS
+            if config.blocks == "paper"
+            else (TCSpec(32), AttentionSpec(32, 32))
+        )
         # The longest sequence: N·K support pairs plus the query. K is only known from the
         # data, so the TC depth covers a generous length (dilations up to 2^6 = 64 steps);
         # a longer sequence still works, with a receptive field the attention completes.
         self.nets["stack"] = SNAILStack(embed_dim + self.label_dim, 65, blocks)
-        self.nets["head"] = nn.Linear(self.nets["stack"].out_channels,
-                                      1 if regression else self.num_ways)
+        self.nets["head"] = nn.Linear(
+            self.nets["stack"].out_channels, 1 if regression else self.num_ways
+        )
         self.nets.to(self.device)
         self.optimizer = torch.optim.Adam(self.nets.parameters(), lr=config.lr)
 
@@ -128,12 +141,13 @@ class SNAILClassifier(FewShotLearner):
         q = query_x.shape[1]
         z = self.nets["encoder"](torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
         z = self.nets["embed_norm"](z)
-        zs, zq = z[: tasks * s].view(tasks, s, -1), z[tasks * s:].view(tasks, q, -1)
-        support = torch.cat([zs, self._labels(support_y)], dim=-1)          # [tasks, S, C]
-        query = F.pad(zq, (0, self.label_dim))                               # [tasks, Q, C]
+        zs, zq = z[: tasks * s].view(tasks, s, -1), z[tasks * s :].view(tasks, q, -1)
+        support = torch.cat([zs, self._labels(support_y)], dim=-1)  # [tasks, S, C]
+        query = F.pad(zq, (0, self.label_dim))  # [tasks, Q, C]
         # Sequence-major [S + 1, tasks·Q, C]: the task's support prefix repeated per query.
-        prefix = support.transpose(0, 1)[:, :, None].expand(s, tasks, q, -1).reshape(
-            s, tasks * q, -1)
+        prefix = (
+            support.transpose(0, 1)[:, :, None].expand(s, tasks, q, -1).reshape(s, tasks * q, -1)
+        )
         seq = torch.cat([prefix, query.reshape(1, tasks * q, -1)])
         out = self.nets["head"](self.nets["stack"](seq)[-1])
         return out.view(tasks, q, -1)
@@ -156,15 +170,19 @@ class SNAILClassifier(FewShotLearner):
             qx, qy = group.query_x, group.query_y
             if cfg.train_queries and cfg.train_queries < qx.shape[1]:
                 tasks, total = qx.shape[:2]
-                pick = torch.rand(tasks, total, generator=generator,
-                                  device=generator.device).topk(cfg.train_queries, 1).indices
+                pick = (
+                    torch.rand(tasks, total, generator=generator, device=generator.device)
+                    .topk(cfg.train_queries, 1)
+                    .indices
+                )
                 pick = pick.to(qx.device)
                 rows = torch.arange(tasks, device=qx.device)[:, None]
                 qx, qy = qx[rows, pick], qy[rows, pick]
             out = self.logits(sx, sy, qx)
             loss = task_loss(out.flatten(0, 1), qy.flatten(0, 1), self.regression)
-            metric = torch.stack([query_metric(o.detach(), y, self.regression)
-                                  for o, y in zip(out, qy)])
+            metric = torch.stack(
+                [query_metric(o.detach(), y, self.regression) for o, y in zip(out, qy)]
+            )
             return loss, metric
 
         stats = self.episodic_step(batch, cfg.tasks_per_pass, forward, cfg.grad_clip)
@@ -186,12 +204,19 @@ class SNAILClassifier(FewShotLearner):
         for group in split_tasks(batch, self.config.tasks_per_pass):
             for k in range(1, shots + 1):
                 # The first k examples of every class (class-major support), then shuffled.
-                keep = torch.arange(ways * shots, device=group.support_x.device).view(
-                    ways, shots)[:, :k].reshape(-1)
-                sub = dataclasses.replace(group, support_x=group.support_x[:, keep],
-                                          support_y=group.support_y[:, keep])
+                keep = (
+                    torch.arange(ways * shots, device=group.support_x.device)
+                    .view(ways, shots)[:, :k]
+                    .reshape(-1)
+                )
+                sub = dataclasses.replace(
+                    group, support_x=group.support_x[:, keep], support_y=group.support_y[:, keep]
+                )
                 sx, sy = self._shuffle(sub, generator)
                 out = self.logits(sx, sy, group.query_x)
-                results[k].append(torch.stack([query_metric(o, y, self.regression)
-                                               for o, y in zip(out, group.query_y)]))
+                results[k].append(
+                    torch.stack(
+                        [query_metric(o, y, self.regression) for o, y in zip(out, group.query_y)]
+                    )
+                )
         return {k: torch.cat(v) for k, v in results.items()}
