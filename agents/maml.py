@@ -191,8 +191,15 @@ class MAMLTRPOConfig:
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
         self.eval_baselines = tuple(self.eval_baselines)
         positive = (
-            "meta_batch_size", "trajectories_per_task", "max_kl", "cg_iters", "ls_max_steps",
-            "baseline_iterations", "baseline_trajectories", "sb3_tasks", "sb3_timesteps",
+            "meta_batch_size",
+            "trajectories_per_task",
+            "max_kl",
+            "cg_iters",
+            "ls_max_steps",
+            "baseline_iterations",
+            "baseline_trajectories",
+            "sb3_tasks",
+            "sb3_timesteps",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -676,7 +683,11 @@ class MetaObjective:
         for data in self.steps:
             out.append(
                 inner_update(
-                    self.loss_fn, out[-1], data, lr=lr, first_order=self.first_order,
+                    self.loss_fn,
+                    out[-1],
+                    data,
+                    lr=lr,
+                    first_order=self.first_order,
                     method=self.method,
                 )
             )
@@ -1059,8 +1070,7 @@ class MAMLTRPO(Learner):
         outer_s = time.perf_counter() - t0
         if not result.accepted:
             print(
-                f"metarl: {self.name}: TRPO step rejected ({result.reason}); "
-                "parameters unchanged",
+                f"metarl: {self.name}: TRPO step rejected ({result.reason}); parameters unchanged",
                 file=sys.stderr,
                 flush=True,
             )
@@ -1074,6 +1084,7 @@ class MAMLTRPO(Learner):
             "trpo_accepted": float(result.accepted),
             "trpo_backtracks": float(result.backtracks),
             "trpo_reject_code": float(REJECT_CODES.get(result.reason, -1)),
+            "trpo_hvp_calls": float(info.hvp_calls),
             "grad_norm": info.grad_norm,
             "step_norm": info.step_norm,
             "log_std": float(self.net.log_std.detach().mean()),

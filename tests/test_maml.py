@@ -90,10 +90,22 @@ def test_inner_step_equals_hand_computation_on_linear_policy():
 def test_inner_update_methods_agree(method):
     net = tiny_net(hidden=(4, 4), activation="relu")
     data = random_data(n=3, m=7)
-    ref = inner_update(make_inner_loss(net), dict(net.named_parameters()), data, lr=0.1,
-                       first_order=False, method="loop")
-    out = inner_update(make_inner_loss(net), dict(net.named_parameters()), data, lr=0.1,
-                       first_order=False, method=method)
+    ref = inner_update(
+        make_inner_loss(net),
+        dict(net.named_parameters()),
+        data,
+        lr=0.1,
+        first_order=False,
+        method="loop",
+    )
+    out = inner_update(
+        make_inner_loss(net),
+        dict(net.named_parameters()),
+        data,
+        lr=0.1,
+        first_order=False,
+        method=method,
+    )
     for k in ref:
         torch.testing.assert_close(out[k], ref[k])
 
@@ -117,9 +129,12 @@ def test_second_order_meta_gradient_matches_finite_differences(inner_steps, meta
     theta = dict(net.named_parameters())
     g = torch.Generator().manual_seed(3)
     alpha = (
-        {k: (0.05 + 0.1 * torch.rand(v.shape, generator=g, dtype=F64)).requires_grad_()
-         for k, v in theta.items()}
-        if meta_sgd else None
+        {
+            k: (0.05 + 0.1 * torch.rand(v.shape, generator=g, dtype=F64)).requires_grad_()
+            for k, v in theta.items()
+        }
+        if meta_sgd
+        else None
     )
     lr = alpha if meta_sgd else 0.1
     with torch.no_grad():
@@ -160,15 +175,24 @@ def _kl_hessian_autograd(objective, theta, alpha, lr):
     _, kl, _ = objective.surrogate(objective.adapt(theta, lr)[-1])
     grad = torch.autograd.grad(kl, params, create_graph=True)
     grad = flat(grad)
-    rows = [flat(torch.autograd.grad(grad[i], params, retain_graph=True, allow_unused=False))
-            for i in range(grad.numel())]
+    rows = [
+        flat(torch.autograd.grad(grad[i], params, retain_graph=True, allow_unused=False))
+        for i in range(grad.numel())
+    ]
     return torch.stack(rows), params
 
 
 @pytest.mark.parametrize(
     "inner_steps,meta_sgd,first_order",
-    [(1, False, False), (2, False, False), (1, True, False), (2, True, False),
-     (1, False, True), (1, True, True), (0, False, False)],
+    [
+        (1, False, False),
+        (2, False, False),
+        (1, True, False),
+        (2, True, False),
+        (1, False, True),
+        (1, True, True),
+        (0, False, False),
+    ],
 )
 def test_gauss_newton_hvp_equals_exact_kl_hessian(inner_steps, meta_sgd, first_order):
     net = tiny_net(hidden=(4,))
@@ -179,9 +203,12 @@ def test_gauss_newton_hvp_equals_exact_kl_hessian(inner_steps, meta_sgd, first_o
     theta = dict(net.named_parameters())
     g = torch.Generator().manual_seed(5)
     alpha = (
-        {k: (0.05 + 0.1 * torch.rand(v.shape, generator=g, dtype=F64)).requires_grad_()
-         for k, v in theta.items()}
-        if meta_sgd else None
+        {
+            k: (0.05 + 0.1 * torch.rand(v.shape, generator=g, dtype=F64)).requires_grad_()
+            for k, v in theta.items()
+        }
+        if meta_sgd
+        else None
     )
     lr = alpha if meta_sgd else 0.1
     hess, params = _kl_hessian_autograd(objective, theta, alpha, lr)
@@ -196,8 +223,11 @@ def test_gauss_newton_hvp_equals_exact_kl_hessian(inner_steps, meta_sgd, first_o
         v = torch.randn(sum(sizes), generator=g, dtype=F64)
         parts = v.split(sizes)
         v_theta = {k: parts[i].view_as(theta[k]) for i, k in enumerate(names)}
-        v_alpha = ({k: parts[len(names) + i].view_as(theta[k]) for i, k in enumerate(names)}
-                   if meta_sgd else None)
+        v_alpha = (
+            {k: parts[len(names) + i].view_as(theta[k]) for i, k in enumerate(names)}
+            if meta_sgd
+            else None
+        )
         h_theta, h_alpha = hvp(v_theta, v_alpha)
         out = flat([h_theta[k] for k in names] + ([h_alpha[k] for k in names] if meta_sgd else []))
         torch.testing.assert_close(out, hess @ v, rtol=1e-9, atol=1e-12)
@@ -230,8 +260,11 @@ def test_trpo_step_same_with_gauss_newton_and_autograd_hvp(meta_sgd):
         net = tiny_net()
         objective = _objective(net, [random_data(3, 8, seed=70)], random_data(3, 8, seed=71))
         theta = dict(net.named_parameters())
-        alpha = ({k: torch.full_like(v, 0.1).requires_grad_() for k, v in theta.items()}
-                 if meta_sgd else None)
+        alpha = (
+            {k: torch.full_like(v, 0.1).requires_grad_() for k, v in theta.items()}
+            if meta_sgd
+            else None
+        )
         cfg = MAMLTRPOConfig(hidden_sizes=(5,), hvp=hvp, max_kl=0.05)
         result, info = meta_trpo_step(objective, theta, alpha, alpha if meta_sgd else 0.1, cfg)
         assert result.accepted and info.hvp_calls == cfg.cg_iters + 1
@@ -295,8 +328,9 @@ def test_nonfinite_gradient_is_rejected_without_update():
 
 def test_learner_reports_rejected_step(monkeypatch, capsys):
     problem = RLProblem(Nav2DDistribution(horizon=8), episodes=1)
-    learner = MAMLTRPO(problem, MAMLTRPOConfig(meta_batch_size=2, trajectories_per_task=2,
-                                               hidden_sizes=(8,)))
+    learner = MAMLTRPO(
+        problem, MAMLTRPOConfig(meta_batch_size=2, trajectories_per_task=2, hidden_sizes=(8,))
+    )
     surrogate = MetaObjective.surrogate
 
     def nan_candidates(self, fast, old=None):
@@ -342,8 +376,9 @@ def test_meta_sgd_with_constant_alpha_equals_maml():
 
 def test_meta_sgd_learns_alpha():
     problem = RLProblem(Nav2DDistribution(horizon=10), episodes=1)
-    learner = MetaSGD(problem, MetaSGDConfig(meta_batch_size=3, trajectories_per_task=4,
-                                             hidden_sizes=(8,)))
+    learner = MetaSGD(
+        problem, MetaSGDConfig(meta_batch_size=3, trajectories_per_task=4, hidden_sizes=(8,))
+    )
     before = torch.cat([a.detach().reshape(-1) for a in learner.alpha.values()]).clone()
     tasks = problem.sample_train_tasks(3, 0, 0)
     m = learner.train_iteration(tasks, torch.Generator().manual_seed(0))
@@ -371,9 +406,16 @@ def test_linear_baseline_fit_equals_closed_form_ridge():
     start = torch.zeros_like(valid)
     start[0] = True
     batch = TrajectoryBatch(
-        obs=obs, action=torch.zeros(t, groups * per, 1), reward=reward * valid,
-        terminated=done & False, truncated=done, episode_start=start, trial_start=start,
-        valid=valid, log_prob=torch.zeros(t, groups * per), value=torch.zeros(t, groups * per),
+        obs=obs,
+        action=torch.zeros(t, groups * per, 1),
+        reward=reward * valid,
+        terminated=done & False,
+        truncated=done,
+        episode_start=start,
+        trial_start=start,
+        valid=valid,
+        log_prob=torch.zeros(t, groups * per),
+        value=torch.zeros(t, groups * per),
         final_obs=torch.zeros_like(obs),
     )
     gamma, reg = 0.9, 1e-5
@@ -419,8 +461,9 @@ def test_fit_ridge_matches_numpy_and_handles_singular_groups():
 def test_fast_weight_policy_maps_chunked_rows_to_their_tasks():
     net = GaussianMLP(2, 2, (6,), "relu")
     n, r = 3, 4
-    fast = {k: v.detach().unsqueeze(0).repeat(n, *([1] * v.dim()))
-            for k, v in net.named_parameters()}
+    fast = {
+        k: v.detach().unsqueeze(0).repeat(n, *([1] * v.dim())) for k, v in net.named_parameters()
+    }
     for i in range(n):  # make the tasks' weights differ
         for v in fast.values():
             v[i] += 0.3 * i
@@ -429,8 +472,14 @@ def test_fast_weight_policy_maps_chunked_rows_to_their_tasks():
 
     def inp(rows):
         b = rows.stop - rows.start
-        return StepInput(obs[rows], torch.zeros(b, 2), torch.zeros(b), torch.zeros(b),
-                         torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.long))
+        return StepInput(
+            obs[rows],
+            torch.zeros(b, 2),
+            torch.zeros(b),
+            torch.zeros(b),
+            torch.ones(b, dtype=torch.bool),
+            torch.zeros(b, dtype=torch.long),
+        )
 
     policy = FastWeightPolicy(net, fast, r, center, half)
     gen = torch.Generator().manual_seed(0)
@@ -451,11 +500,13 @@ def test_fast_weight_policy_maps_chunked_rows_to_their_tasks():
 
 def test_prepare_lays_out_each_tasks_trajectories_with_standardised_advantages():
     problem = RLProblem(Nav2DDistribution(horizon=5), episodes=1)
-    learner = MAMLTRPO(problem, MAMLTRPOConfig(meta_batch_size=2, trajectories_per_task=3,
-                                               hidden_sizes=(8,)))
+    learner = MAMLTRPO(
+        problem, MAMLTRPOConfig(meta_batch_size=2, trajectories_per_task=3, hidden_sizes=(8,))
+    )
     tasks = problem.sample_train_tasks(2, 0, 0)
-    batch = learner.sampler.collect(learner.net, learner.theta(), tasks, 3,
-                                    torch.Generator().manual_seed(0))
+    batch = learner.sampler.collect(
+        learner.net, learner.theta(), tasks, 3, torch.Generator().manual_seed(0)
+    )
     data = learner.sampler.prepare(batch, groups=2)
     t = batch.num_steps
     assert data.obs.shape == (2, 3 * t, 2)
@@ -479,8 +530,10 @@ def test_collect_through_narrow_problem_matches_wide():
     torch.manual_seed(0)
     learner = MAMLTRPO(wide, cfg)
     tasks = wide.sample_train_tasks(4, 0, 0)
-    params = {k: v.detach().unsqueeze(0).repeat(4, *([1] * v.dim()))
-              for k, v in learner.net.named_parameters()}
+    params = {
+        k: v.detach().unsqueeze(0).repeat(4, *([1] * v.dim()))
+        for k, v in learner.net.named_parameters()
+    }
     params["log_std"] = params["log_std"] - 5.0  # near-deterministic: rows comparable
     a = learner.sampler.collect(learner.net, params, tasks, 3, torch.Generator().manual_seed(1))
     learner.problem = narrow
@@ -493,16 +546,26 @@ def test_collect_through_narrow_problem_matches_wide():
 # ------------------------------------------------------------------ CLI
 ALGOS = {"maml-trpo": "agents.maml:MAMLTRPO", "meta-sgd": "agents.meta_sgd:MetaSGD"}
 TINY = [
-    "--set", "algo.meta_batch_size=2",
-    "--set", "algo.trajectories_per_task=2",
-    "--set", "algo.hidden_sizes=[8, 8]",
-    "--set", "algo.eval_steps=1",
-    "--set", "algo.baseline_iterations=1",
-    "--set", "algo.baseline_trajectories=4",
-    "--set", "algo.sb3_tasks=1",
-    "--set", "algo.sb3_timesteps=32",
-    "--set", "train.eval_tasks=2",
-    "--set", "train.eval_every=2",
+    "--set",
+    "algo.meta_batch_size=2",
+    "--set",
+    "algo.trajectories_per_task=2",
+    "--set",
+    "algo.hidden_sizes=[8, 8]",
+    "--set",
+    "algo.eval_steps=1",
+    "--set",
+    "algo.baseline_iterations=1",
+    "--set",
+    "algo.baseline_trajectories=4",
+    "--set",
+    "algo.sb3_tasks=1",
+    "--set",
+    "algo.sb3_timesteps=32",
+    "--set",
+    "train.eval_tasks=2",
+    "--set",
+    "train.eval_every=2",
     "--no-progress",
 ]
 
@@ -516,8 +579,20 @@ def _algo_name(name):
 def test_cli_train_and_eval_smoke(algo, env, horizon, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / f"{algo}-{env}"
     monkeypatch.chdir(tmp_path)  # MuJoCo appends its compiler warnings to ./MUJOCO_LOG.TXT
-    code = main(["train", _algo_name(algo), env, "--iterations", "2", "--logdir", str(run_dir),
-                 "--set", f"env.horizon={horizon}", *TINY])
+    code = main(
+        [
+            "train",
+            _algo_name(algo),
+            env,
+            "--iterations",
+            "2",
+            "--logdir",
+            str(run_dir),
+            "--set",
+            f"env.horizon={horizon}",
+            *TINY,
+        ]
+    )
     _, err = capsys.readouterr()
     assert code == 0, err
     with open(run_dir / "metrics.csv", newline="") as f:
