@@ -2,11 +2,17 @@
 
 (1) ``nav2d``: seconds per meta-iteration at the paper's 2D-navigation settings: 20 tasks ×
     20 trajectories × horizon 100, pre- and post-update sampling, one inner step, an exact
-    second-order TRPO outer step (10 CG iterations). Target: <= 0.5 s/iteration (peers
-    on this machine type: pytorch-maml-rl 5.1 s, learn2learn 34 s). Also shown: the same
-    with ``hvp_subsample=0.2`` (CG curvature on every 5th step) and first-order MAML, to
-    show what the exact Hessian-vector products cost, and the exact step with
-    pytorch-maml-rl's smaller 64x64 tanh policy.
+    second-order TRPO outer step (10 CG iterations), 100×100 ReLU policy. Target: <= 0.5
+    s/iteration (peers on this machine type: pytorch-maml-rl 5.1 s, learn2learn 34 s).
+    All variants run in the same process, interleaved iteration by iteration (same tasks
+    and seeds, same machine load): the default (``hvp=gauss-newton``: the KL's Hessian as
+    ``Σ Jᵀ F J``, each factor one autograd backward through a kept graph) and a baseline
+    written the usual way, as pytorch-maml-rl does it (``hvp=autograd``: Hessian-vector
+    products by double-backprop of the KL through the whole inner update); every line
+    shows its speed-up over that baseline. Also shown: ``hvp_subsample=0.2``
+    (CG curvature on every 5th step; gradient, inner step, KL check and line search stay
+    exact), first-order MAML, and the exact step with pytorch-maml-rl's smaller 64x64
+    tanh policy.
 (2) ``cheetah``: the time split of one MAML-TRPO iteration on HalfCheetahDir (paper: 40
     tasks × 20 trajectories × horizon 200): sampling, inner adaptation (baseline fit,
     advantages, inner step), outer TRPO (meta-gradient, Hessian-vector-product setup, CG,
@@ -16,8 +22,9 @@
     policy forward) of the same width. Target: >= 0.85.
 
 Wall-clock times on a shared machine include time the process waits for a core; every
-line therefore also shows the process CPU time (``cpu``), which is what the run would take
-on an idle core, and ``uptime``'s load average is printed first.
+line therefore also shows the process CPU time (``cpu``), and ``uptime``'s load average is
+printed before and after. CPU time is still inflated by the neighbours' use of the shared
+caches and memory bandwidth, so compare figures as ratios within one run.
 
 Usage:
     python benchmarks/maml_iteration.py [--sections nav2d,cheetah,overhead] [--threads 1]
@@ -55,15 +62,28 @@ class Clock:
 
 def iterations(learner: MAMLTRPO, problem: RLProblem, n: int, warmup: int = 1) -> list[dict]:
     """Runs ``warmup + n`` meta-iterations; returns the metrics (+ wall/cpu) of the last n."""
-    out = []
+    return interleaved([learner], problem, n, warmup)[0]
+
+
+def interleaved(
+    learners: list[MAMLTRPO], problem: RLProblem, n: int, warmup: int = 1
+) -> list[list[dict]]:
+    """``warmup + n`` meta-iterations of every learner, alternating iteration by iteration
+    (same tasks and seeds); per learner the metrics (+ wall/cpu) of the last ``n``."""
+    out: list[list[dict]] = [[] for _ in learners]
     for it in range(warmup + n):
-        tasks = problem.sample_train_tasks(learner.tasks_per_iteration(), 0, it)
-        with Clock() as c:
-            m = learner.train_iteration(tasks, torch.Generator().manual_seed(it))
-        m["wall"], m["cpu"] = c.wall, c.cpu
-        if it >= warmup:
-            out.append(m)
+        tasks = problem.sample_train_tasks(learners[0].tasks_per_iteration(), 0, it)
+        for learner, ms in zip(learners, out):
+            with Clock() as c:
+                m = learner.train_iteration(tasks, torch.Generator().manual_seed(it))
+            m["wall"], m["cpu"] = c.wall, c.cpu
+            if it >= warmup:
+                ms.append(m)
     return out
+
+
+def median(ms: list[dict], key: str) -> float:
+    return statistics.median(m[key] for m in ms)
 
 
 def split_line(ms: list[dict]) -> str:
@@ -83,32 +103,61 @@ def split_line(ms: list[dict]) -> str:
     return ", ".join(parts)
 
 
+def load() -> str:
+    return ", ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def bench_nav2d(n_iter: int) -> None:
-    print("(1) MAML-TRPO on nav2d: 20 tasks x 20 trajectories x horizon 100, 1 inner step, "
-          "TRPO 10 CG iterations, policy 100x100 ReLU")
+    print(
+        "(1) MAML-TRPO on nav2d: 20 tasks x 20 trajectories x horizon 100, 1 inner step, "
+        f"TRPO 10 CG iterations, policy 100x100 ReLU; median of {n_iter} iterations after 1 "
+        f"warm-up (load average {load()})"
+    )
     problem = RLProblem(Nav2DDistribution(horizon=100), episodes=1)
+
+    def learner(**extra) -> MAMLTRPO:
+        torch.manual_seed(0)
+        return MAMLTRPO(
+            problem, MAMLTRPOConfig(meta_batch_size=20, trajectories_per_task=20, **extra)
+        )
+
+    def report(label: str, ms: list[dict], base: list[dict]) -> None:
+        wall, cpu = median(ms, "wall"), median(ms, "cpu")
+        hvp = statistics.median(m["time/outer_cg_s"] / max(1.0, m["trpo_hvp_calls"]) for m in ms)
+        print(
+            f"    {label:<42} {wall:6.2f} s/it wall, {cpu:6.2f} s cpu, {1e3 * hvp:4.0f} ms/HVP, "
+            f"{median(base, 'wall') / wall:5.2f}x vs baseline (target <= 0.5 s)"
+        )
+        print(f"        split (wall): {split_line(ms)}")
+
     variants = [
-        ("exact second order (default)", {}),
+        ("exact second order (default, Gauss-Newton form)", {}),
+        ("baseline: the usual way (hvp=autograd)", {"hvp": "autograd"}),
         ("hvp_subsample=0.2", {"hvp_subsample": 0.2}),
         ("first_order=true", {"first_order": True}),
         ("first_order + hvp_subsample=0.2", {"first_order": True, "hvp_subsample": 0.2}),
         # pytorch-maml-rl's 2D-navigation policy, for comparison with its 5.1 s.
         ("exact, 64x64 tanh policy", {"hidden_sizes": (64, 64), "activation": "tanh"}),
     ]
-    for label, extra in variants:
-        torch.manual_seed(0)
-        cfg = MAMLTRPOConfig(meta_batch_size=20, trajectories_per_task=20, **extra)
-        ms = iterations(MAMLTRPO(problem, cfg), problem, n_iter)
-        wall = statistics.median(m["wall"] for m in ms)
-        cpu = statistics.median(m["cpu"] for m in ms)
-        print(f"    {label:<34} {wall:6.2f} s/iteration wall, {cpu:6.2f} s cpu "
-              f"(median of {n_iter}; target <= 0.5)")
-        print(f"        split (wall): {split_line(ms)}")
+    # All variants alternate iteration by iteration (same tasks and seeds), so that every
+    # one of them sees the same machine load and their ratios are meaningful.
+    results = interleaved([learner(**extra) for _, extra in variants], problem, n_iter)
+    ours, base = results[0], results[1]
+    for (label, _), ms in zip(variants, results):
+        report(label, ms, base)
+    print(
+        "    speed-up of the default (exact second order) over the baseline, same run: "
+        f"{median(base, 'wall') / median(ours, 'wall'):.2f}x wall, "
+        f"{median(base, 'cpu') / median(ours, 'cpu'):.2f}x cpu"
+    )
+    print(f"    load average after: {load()}")
 
 
 def bench_cheetah(n_tasks: int, n_iter: int) -> None:
-    print(f"(2) MAML-TRPO on halfcheetah-dir: {n_tasks} tasks x 20 trajectories x horizon 200, "
-          "1 inner step, exact second order")
+    print(
+        f"(2) MAML-TRPO on halfcheetah-dir: {n_tasks} tasks x 20 trajectories x horizon 200, "
+        "1 inner step, exact second order"
+    )
     env = HalfCheetahDirEnv()
     problem = RLProblem(env, episodes=1, env_factory=HalfCheetahDirEnv)
     torch.manual_seed(0)
@@ -131,8 +180,10 @@ def _bare_loop_steps_per_s(learner: MAMLTRPO, tasks: list, traj: int, horizon: i
     )
     for i, task in enumerate(repeat_tasks(tasks, traj)):
         vec.envs[i].unwrapped.set_task(task)
-    fast = {k: v.detach().unsqueeze(0).repeat(len(tasks), *([1] * v.dim()))
-            for k, v in learner.net.named_parameters()}
+    fast = {
+        k: v.detach().unsqueeze(0).repeat(len(tasks), *([1] * v.dim()))
+        for k, v in learner.net.named_parameters()
+    }
     gen = torch.Generator().manual_seed(0)
     std = fast["log_std"].exp().repeat_interleave(traj, 0)
     obs, _ = vec.reset(seed=0)
@@ -163,8 +214,10 @@ def mujoco_overhead_ratio(
     torch.manual_seed(0)
     learner = MAMLTRPO(problem, MAMLTRPOConfig(meta_batch_size=tasks, trajectories_per_task=traj))
     task_list = problem.sample_train_tasks(tasks, 0, 0)
-    fast = {k: v.detach().unsqueeze(0).repeat(tasks, *([1] * v.dim()))
-            for k, v in learner.net.named_parameters()}
+    fast = {
+        k: v.detach().unsqueeze(0).repeat(tasks, *([1] * v.dim()))
+        for k, v in learner.net.named_parameters()
+    }
     learner.sampler.collect(learner.net, fast, task_list, traj, torch.Generator().manual_seed(0))
     collect_best = bare_best = 0.0
     for r in range(repeats):
@@ -176,10 +229,12 @@ def mujoco_overhead_ratio(
         bare_best = max(bare_best, _bare_loop_steps_per_s(learner, task_list, traj, horizon))
     problem.close()
     ratio = collect_best / bare_best
-    print(f"(3) MuJoCo sampling overhead, width {tasks * traj} ({tasks} tasks x {traj} "
-          f"trajectories), horizon {horizon}: RLProblem.collect {collect_best:.0f} env-steps/s, "
-          f"bare SyncVectorEnv loop {bare_best:.0f} env-steps/s, ratio {ratio:.3f} "
-          "(target >= 0.85)")
+    print(
+        f"(3) MuJoCo sampling overhead, width {tasks * traj} ({tasks} tasks x {traj} "
+        f"trajectories), horizon {horizon}: RLProblem.collect {collect_best:.0f} env-steps/s, "
+        f"bare SyncVectorEnv loop {bare_best:.0f} env-steps/s, ratio {ratio:.3f} "
+        "(target >= 0.85)"
+    )
     return ratio
 
 
@@ -191,8 +246,10 @@ def main() -> None:
     p.add_argument("--cheetah-tasks", type=int, default=40)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, threads {args.threads}, load average "
-          f"{', '.join(f'{x:.2f}' for x in os.getloadavg())} on {os.cpu_count()} cores")
+    print(
+        f"torch {torch.__version__}, threads {args.threads}, load average {load()} "
+        f"on {os.cpu_count()} cores"
+    )
     sections = args.sections.split(",")
     if "nav2d" in sections:
         bench_nav2d(args.iterations)
