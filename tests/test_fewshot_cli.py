@@ -201,3 +201,16 @@ def test_module_doctests():
     for module in (agents.fewshot.problem, agents.fewshot.snail):
         results = doctest.testmod(module, verbose=False)
         assert results.attempted > 0 and results.failed == 0, module.__name__
+
+
+def test_snail_tc_depth_follows_the_task_sequence():
+    """5-way 1-shot sequences have 6 steps: each TC block gets ceil(log2 6) = 3 dense blocks."""
+    from agents.fewshot.algorithms import SNAILAlgorithm
+    from agents.fewshot.snail import SNAILClassifierConfig
+    from agents.snail import TCBlock
+
+    problem = OmniglotTasks(ways=5, shots=1, queries=2).to("cpu")
+    algo = SNAILAlgorithm(problem, SNAILClassifierConfig(hidden=8), "cpu")
+    depths = [len(m.blocks) for m in algo.learner.nets["stack"].modules() if isinstance(m, TCBlock)]
+    assert depths == [3, 3]
+    assert algo.config.sequence_length == 0  # the run's config keeps "derive from the data"

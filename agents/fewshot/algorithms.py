@@ -10,6 +10,7 @@ learners without an inner loop.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, ClassVar
 
 import torch
@@ -47,6 +48,10 @@ class FewShotAlgorithm(Learner):
         self.problem = problem
         self.config = config
         self.device = torch.device(device)
+        if getattr(config, "sequence_length", None) == 0:
+            # Sequence learners (SNAIL) size their temporal convolutions to the task's
+            # sequence: N·K labelled examples, then the query.
+            config = dataclasses.replace(config, sequence_length=problem.ways * problem.shots + 1)
         self.learner = self.learner_cls(
             config, problem.ways, problem.input_shape, self.device, regression=problem.regression
         )

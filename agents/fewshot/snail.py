@@ -54,6 +54,11 @@ class SNAILClassifierConfig(EpisodicConfig):
     train_queries: int = 0
     """Query sequences per task in a training step, drawn at random (0 = all N·Q). Fewer
     keep 20-way steps cheap: each query is a sequence of N·K + 1 steps."""
+    sequence_length: int = 0
+    """Longest sequence the TC blocks must cover; each has ``ceil(log2 T)`` dense blocks. 0
+    (the default) lets the run derive it from the dataset, ``N·K + 1`` (the paper's TC
+    depth: 3 dense blocks for 5-way 1-shot); a learner built directly with 0 covers 65
+    steps. Dense blocks whose dilation exceeds the sequence only ever see zero padding."""
     tasks_per_pass: int = 8
     """Tasks per forward/backward pass (bounds activation memory; 0 = the whole batch)."""
     grad_clip: float = 0.0
@@ -61,7 +66,9 @@ class SNAILClassifierConfig(EpisodicConfig):
 
     def __post_init__(self) -> None:
         check_positive(self, "meta_batch", "lr", "hidden")
-        check_positive(self, "train_queries", "tasks_per_pass", "grad_clip", allow_zero=True)
+        check_positive(
+            self, "train_queries", "tasks_per_pass", "grad_clip", "sequence_length", allow_zero=True
+        )
         if self.blocks not in ("paper", "small"):
             raise ValueError(f"algo.blocks must be 'paper' or 'small', got {self.blocks!r}")
         self.mlp_hidden = tuple(int(h) for h in self.mlp_hidden)
@@ -113,10 +120,10 @@ class SNAILClassifier(FewShotLearner):
             if config.blocks == "paper"
             else (TCSpec(32), AttentionSpec(32, 32))
         )
-        # The longest sequence: N·K support pairs plus the query. K is only known from the
-        # data, so the TC depth covers a generous length (dilations up to 2^6 = 64 steps);
-        # a longer sequence still works, with a receptive field the attention completes.
-        self.nets["stack"] = SNAILStack(embed_dim + self.label_dim, 65, blocks)
+        # The longest sequence: N·K support pairs plus the query (see ``sequence_length``);
+        # a longer one still works, with a receptive field the attention completes.
+        length = config.sequence_length or 65
+        self.nets["stack"] = SNAILStack(embed_dim + self.label_dim, length, blocks)
         self.nets["head"] = nn.Linear(
             self.nets["stack"].out_channels, 1 if regression else self.num_ways
         )
