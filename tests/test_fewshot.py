@@ -390,6 +390,28 @@ def test_state_dict_round_trip(name):
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
 
 
+def test_snail_lr_anneal_is_linear_and_resumes_from_the_checkpoint():
+    """lr 1e-2 -> 1e-3 over 3 meta-batches; a learner restored after 2 steps continues it."""
+    train, _ = synthetic_samplers()
+    batch = train.sample(2, torch.Generator().manual_seed(0))
+
+    def make() -> SNAILClassifier:
+        config = SNAILClassifierConfig(
+            hidden=8, blocks="small", lr=1e-2, lr_decay_steps=3, lr_final=1e-3
+        )
+        return SNAILClassifier(config, 5, (1, SIZE, SIZE))
+
+    first = make()
+    lrs = [first.meta_train_step(batch, torch.Generator().manual_seed(i))["lr"] for i in range(2)]
+    restored = make()
+    restored.load_state_dict(first.state_dict())
+    for learner in (first, restored):
+        tail = [learner.meta_train_step(batch, torch.Generator())["lr"] for _ in range(3)]
+        assert lrs + tail == pytest.approx([1e-2, 7e-3, 4e-3, 1e-3, 1e-3])
+    with pytest.raises(ValueError, match=r"algo\.lr_final"):
+        SNAILClassifierConfig(lr=1e-3, lr_final=1e-2)
+
+
 def test_evaluate_keys():
     _, test = synthetic_samplers()
     batch = test.sample(2, torch.Generator().manual_seed(0))

@@ -195,10 +195,11 @@ def test_algos_listing_marks_fewshot_learners(capsys):
 
 
 def test_module_doctests():
+    import agents.fewshot.base
     import agents.fewshot.problem
     import agents.fewshot.snail
 
-    for module in (agents.fewshot.problem, agents.fewshot.snail):
+    for module in (agents.fewshot.base, agents.fewshot.problem, agents.fewshot.snail):
         results = doctest.testmod(module, verbose=False)
         assert results.attempted > 0 and results.failed == 0, module.__name__
 

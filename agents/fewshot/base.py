@@ -115,6 +115,34 @@ def split_tasks(batch: Any, size: int) -> list[FewShotBatch]:
     ]
 
 
+def linear_decay(
+    optimizer: torch.optim.Optimizer, steps: int, final_fraction: float = 0.0
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """A scheduler taking the step size linearly from its value to ``final_fraction`` of it
+    over ``steps`` optimiser steps, then holding it there (``steps = 0``: constant).
+
+    Step it once per meta-batch. Its ``state_dict`` belongs in the learner's checkpoint, so
+    ``--resume`` continues the schedule where it stopped.
+
+    Example:
+        >>> import torch
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        >>> sched = linear_decay(opt, steps=4, final_fraction=0.2)
+        >>> lrs = []
+        >>> for _ in range(6):
+        ...     lrs.append(round(opt.param_groups[0]["lr"], 3))
+        ...     opt.step()
+        ...     sched.step()
+        >>> lrs
+        [1.0, 0.8, 0.6, 0.4, 0.2, 0.2]
+    """
+    if steps <= 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: max(final_fraction, 1.0 - (1.0 - final_fraction) * step / steps)
+    )
+
+
 def clip_grad(parameters: Sequence[Tensor], max_norm: float) -> float:
     """Gradient norm before clipping (clips only if ``max_norm > 0``)."""
     grads = [p for p in parameters if p.grad is not None]

@@ -27,6 +27,7 @@ from agents.fewshot.base import (
     FewShotLearner,
     build_backbone,
     check_positive,
+    linear_decay,
     query_metric,
     task_loss,
 )
@@ -87,11 +88,7 @@ class Reptile(FewShotLearner):
             mlp_hidden=config.mlp_hidden,
         ).to(self.device)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=config.outer_lr)
-        anneal = config.anneal_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            (lambda step: max(0.0, 1.0 - step / anneal)) if anneal else (lambda step: 1.0),
-        )
+        self.scheduler = linear_decay(self.optimizer, config.anneal_steps)
 
     @property
     def model(self) -> nn.Module:
