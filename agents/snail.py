@@ -121,6 +121,28 @@ class DenseBlock(nn.Module):
             z = torch.cat([z[:d], z[d:] + self.tap_past(x[: t - d])], dim=0)
         return torch.cat([x, self._gate(z)], dim=-1)
 
+    def branches(
+        self, prefix: torch.Tensor, ends: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Outputs at step ``S`` of ``R`` one-step continuations of a shared prefix.
+
+        Row ``r`` equals ``forward(cat([prefix, ends[r:r+1]]))[-1]``, differentiably, without
+        repeating the prefix per continuation.
+
+        Args:
+            prefix: ``[S, B, C]`` input sequence shared by every continuation (S may be 0).
+            ends: ``[R, B, C]`` candidate inputs at step ``S``.
+
+        Returns:
+            ``forward(prefix)`` ``[S, B, C + F]`` (the next block's prefix) and the
+            continuations' outputs ``[R, B, C + F]``.
+        """
+        z = self.tap_now(ends)
+        s, d = prefix.shape[0], self.dilation
+        if s >= d:
+            z = z + self.tap_past(prefix[s - d])  # the same past input for every continuation
+        return self(prefix), torch.cat([ends, self._gate(z)], dim=-1)
+
     def initial_cache(
         self,
         batch_size: int,
@@ -200,6 +222,14 @@ class TCBlock(nn.Module):
             x = block(x)
         return x
 
+    def branches(
+        self, prefix: torch.Tensor, ends: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(prefix)`` and the continuations' outputs; see :meth:`DenseBlock.branches`."""
+        for block in self.blocks:
+            prefix, ends = block.branches(prefix, ends)
+        return prefix, ends
+
     def initial_cache(
         self,
         batch_size: int,
@@ -261,6 +291,29 @@ class AttentionBlock(nn.Module):
         probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
         read = torch.bmm(probs, v).transpose(0, 1)  # [T, B, V]
         return torch.cat([x, read], dim=-1)
+
+    def branches(
+        self, prefix: torch.Tensor, ends: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(prefix)`` and the outputs ``[R, B, C + value_size]`` of continuations.
+
+        Continuation ``r`` attends over the prefix's keys and its own key only, exactly as
+        :meth:`forward` would on ``cat([prefix, ends[r:r+1]])`` at its last step (see
+        :meth:`DenseBlock.branches`).
+        """
+        q = self.query(ends).transpose(0, 1)  # [B, R, K]
+        k_own = self.key(ends).transpose(0, 1)
+        v_own = self.value(ends).transpose(0, 1)  # [B, R, V]
+        own = (q * k_own).sum(-1, keepdim=True) / self._scale  # [B, R, 1]
+        if prefix.shape[0]:
+            k = self.key(prefix).transpose(0, 1)  # [B, S, K]
+            v = self.value(prefix).transpose(0, 1)  # [B, S, V]
+            scores = torch.bmm(q, k.transpose(1, 2)) / self._scale  # [B, R, S]
+            probs = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)
+            read = torch.bmm(probs[..., :-1], v) + probs[..., -1:] * v_own
+        else:
+            read = v_own  # only itself to attend to
+        return self(prefix), torch.cat([ends, read.transpose(0, 1)], dim=-1)
 
     def initial_cache(
         self,
@@ -393,6 +446,24 @@ class SNAILStack(nn.Module):
         for layer in self.layers:
             x = layer(x)
         return x
+
+    def branches(self, prefix: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+        """The last-step features of ``R`` sequences that share all but their last input.
+
+        Row ``r`` equals ``forward(cat([prefix, ends[r:r+1]]))[-1]`` (differentiably): the
+        few-shot classifier reads every query after the same support sequence, and this
+        runs the support once instead of once per query.
+
+        Args:
+            prefix: ``[S, B, in_channels]``, the shared inputs (S may be 0).
+            ends: ``[R, B, in_channels]``, the last input of each sequence.
+
+        Returns:
+            ``[R, B, out_channels]``.
+        """
+        for layer in self.layers:
+            prefix, ends = layer.branches(prefix, ends)
+        return ends
 
     def initial_cache(
         self,

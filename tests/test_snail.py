@@ -155,6 +155,28 @@ def test_omniglot_stack_step_equals_forward():
     torch.testing.assert_close(_step_all(stack, x, stack.initial_cache(2)), full, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("prefix_length", [0, 1, 3, 7])
+def test_stack_branches_equal_one_sequence_per_continuation(prefix_length):
+    """branches(prefix, ends)[r] is the last output of forward(prefix + [ends[r]]), and so
+    is its gradient: the few-shot classifier trains and evaluates through it."""
+    torch.manual_seed(3)
+    blocks = (AttentionSpec(6, 4), TCSpec(5), AttentionSpec(7, 3), TCSpec(2))
+    stack = SNAILStack(6, 8, blocks).double()
+    prefix = _rand(prefix_length, 2, 6).double().requires_grad_()
+    ends = _rand(4, 2, 6, seed=1).double().requires_grad_()
+    out = stack.branches(prefix, ends)
+    ref = torch.stack([stack(torch.cat([prefix, ends[r : r + 1]]))[-1] for r in range(4)])
+    torch.testing.assert_close(out, ref, atol=1e-12, rtol=0)
+    weights = _rand(*out.shape, seed=2).double()
+    inputs = [ends, prefix, *stack.parameters()]
+    # A tap whose dilation reaches past the sequence start gets no gradient (None): zero.
+    ours = torch.autograd.grad((out * weights).sum(), inputs, allow_unused=True)
+    theirs = torch.autograd.grad((ref * weights).sum(), inputs, allow_unused=True)
+    for x, a, b in zip(inputs, ours, theirs, strict=True):
+        zero = torch.zeros_like(x)
+        torch.testing.assert_close(zero if a is None else a, zero if b is None else b)
+
+
 def test_reset_rows_restarts_a_trial():
     torch.manual_seed(8)
     model = SNAILSequenceModel(3, 8, SMALL)

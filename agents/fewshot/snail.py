@@ -169,13 +169,12 @@ class SNAILClassifier(FewShotLearner):
         zs, zq = z[: tasks * s].view(tasks, s, -1), z[tasks * s :].view(tasks, q, -1)
         support = torch.cat([zs, self._labels(support_y)], dim=-1)  # [tasks, S, C]
         query = F.pad(zq, (0, self.label_dim))  # [tasks, Q, C]
-        # Sequence-major [S + 1, tasks·Q, C]: the task's support prefix repeated per query.
-        prefix = (
-            support.transpose(0, 1)[:, :, None].expand(s, tasks, q, -1).reshape(s, tasks * q, -1)
-        )
-        seq = torch.cat([prefix, query.reshape(1, tasks * q, -1)])
-        out = self.nets["head"](self.nets["stack"](seq)[-1])
-        return out.view(tasks, q, -1)
+        # Every query ends its own sequence (support, query). The causal stack runs the shared
+        # support prefix once per task and each query as a one-step continuation of it, the
+        # same numbers as Q separate (S + 1)-step sequences at ~(S + Q) / (Q·(S + 1)) of
+        # the cost (a 26x saving for 5-way 5-shot evaluation with 15 queries per class).
+        features = self.nets["stack"].branches(support.transpose(0, 1), query.transpose(0, 1))
+        return self.nets["head"](features).transpose(0, 1)  # [tasks, Q, out]
 
     @staticmethod
     def _shuffle(batch: Any, generator: torch.Generator) -> tuple[Tensor, Tensor]:
