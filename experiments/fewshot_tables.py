@@ -69,16 +69,33 @@ def accuracy_cell(run: Path, learner: str) -> str:
     return "not run"
 
 
-def mse_at(run: Path, learner: str, step: int) -> str:
+def curve_at(run: Path, learner: str, x: int) -> tuple[float, float] | None:
+    """(mean, CI half-width) of ``learner`` at ``x`` in ``adaptation.csv``, if present."""
     path = run / "eval" / "adaptation.csv"
     if not path.exists():
-        return "not run"
+        return None
     for row in read_rows(path):
-        if row["learner"] == learner and int(row["x"]) == step:
-            mean = float(row["mean_return"])
-            half = (float(row["ci_high"]) - float(row["ci_low"])) / 2
-            return f"{mean:.3f} ± {half:.3f}" if half == half else f"{mean:.3g}"
-    return "not run"
+        if row["learner"] == learner and int(row["x"]) == x:
+            return float(row["mean_return"]), (float(row["ci_high"]) - float(row["ci_low"])) / 2
+    return None
+
+
+def mse_at(run: Path, learner: str, step: int) -> str:
+    point = curve_at(run, learner, step)
+    if point is None:
+        return "not run"
+    mean, half = point
+    return f"{mean:.3f} ± {half:.3f}" if half == half else f"{mean:.3g}"
+
+
+#: Gradient-based learners: their headline is after the last evaluated inner step; the
+#: tables also give the accuracy after one step (MAML and Meta-SGD train with one).
+TRAINED_ONE_STEP = ("maml", "meta-sgd", "reptile")
+
+
+def one_step_note(run: Path, learner: str) -> str:
+    point = curve_at(run, learner, 1) if learner in TRAINED_ONE_STEP else None
+    return "" if point is None else f"; 1 step: {100 * point[0]:.2f} ± {100 * point[1]:.2f}"
 
 
 def omniglot_tables() -> str:
@@ -88,7 +105,7 @@ def omniglot_tables() -> str:
     ]
     for learner, (target, paper) in OMNIGLOT_5W1S.items():
         run = RUNS / f"omniglot_5w1s_{learner}"
-        cell = accuracy_cell(run, learner)
+        cell = accuracy_cell(run, learner) + one_step_note(run, learner)
         lines.append(f"| {learner} | {cell} | {target} | {paper} | {run_info(run)} |")
     lines += [
         "",
@@ -97,7 +114,7 @@ def omniglot_tables() -> str:
     ]
     for (setting, learner), paper in OMNIGLOT_OTHER.items():
         run = RUNS / f"omniglot_{setting}_{learner}"
-        cell = accuracy_cell(run, learner)
+        cell = accuracy_cell(run, learner) + one_step_note(run, learner)
         lines.append(f"| {setting} | {learner} | {cell} | {paper} | {run_info(run)} |")
     return "\n".join(lines)
 
