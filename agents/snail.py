@@ -280,6 +280,10 @@ class AttentionBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, C] -> [T, B, C + value_size]``."""
+        return self._forward_with_kv(x)[0]
+
+    def _forward_with_kv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward`'s output and its keys ``[B, T, K]`` and values ``[B, T, V]``."""
         t = x.shape[0]
         q = self.query(x).transpose(0, 1)  # [B, T, K]
         k = self.key(x).transpose(0, 1)
@@ -290,7 +294,7 @@ class AttentionBlock(nn.Module):
         # an input at t changes. The diagonal is never masked, so no row is all -inf.
         probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
         read = torch.bmm(probs, v).transpose(0, 1)  # [T, B, V]
-        return torch.cat([x, read], dim=-1)
+        return torch.cat([x, read], dim=-1), k, v
 
     def branches(
         self, prefix: torch.Tensor, ends: torch.Tensor
@@ -305,15 +309,14 @@ class AttentionBlock(nn.Module):
         k_own = self.key(ends).transpose(0, 1)
         v_own = self.value(ends).transpose(0, 1)  # [B, R, V]
         own = (q * k_own).sum(-1, keepdim=True) / self._scale  # [B, R, 1]
+        prefix_out, k, v = self._forward_with_kv(prefix)  # the prefix's keys, computed once
         if prefix.shape[0]:
-            k = self.key(prefix).transpose(0, 1)  # [B, S, K]
-            v = self.value(prefix).transpose(0, 1)  # [B, S, V]
             scores = torch.bmm(q, k.transpose(1, 2)) / self._scale  # [B, R, S]
             probs = torch.softmax(torch.cat([scores, own], dim=-1), dim=-1)
             read = torch.bmm(probs[..., :-1], v) + probs[..., -1:] * v_own
         else:
             read = v_own  # only itself to attend to
-        return self(prefix), torch.cat([ends, read.transpose(0, 1)], dim=-1)
+        return prefix_out, torch.cat([ends, read.transpose(0, 1)], dim=-1)
 
     def initial_cache(
         self,
