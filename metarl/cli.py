@@ -60,6 +60,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--seed", type=int)
     t.add_argument("--iterations", type=int)
+    t.add_argument(
+        "--max-minutes",
+        type=float,
+        help="training-time budget of this invocation (train.max_minutes; 0 = none); "
+        "with --resume it gives the continued run a new budget",
+    )
     t.add_argument("--device", help="cpu or cuda")
     t.add_argument("--logdir", help="run directory (default runs/ALGO-ENV-seedN-TIME)")
     t.add_argument("--resume", action="store_true", help="continue the run in --logdir")
@@ -131,7 +137,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.config or args.sets or args.seed is not None:
             raise UsageError(
                 "--resume takes its configuration from RUN_DIR/config.yaml; "
-                "drop --config/--set/--seed (only --iterations and --device may change)"
+                "drop --config/--set/--seed "
+                "(only --iterations, --max-minutes and --device may change)"
             )
         cfg_path = Path(args.logdir) / "config.yaml"
         if not cfg_path.exists():
@@ -141,7 +148,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         file_data = load_yaml(cfg_path)
     elif args.config:
         file_data = load_yaml(args.config)
-    flags = {"seed": args.seed, "iterations": args.iterations, "device": args.device}
+    flags = {
+        "seed": args.seed,
+        "iterations": args.iterations,
+        "device": args.device,
+        "max_minutes": args.max_minutes,
+    }
     config, env_cls, learner_cls = build_run_config(
         args.algo,
         args.env,

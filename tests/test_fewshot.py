@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from agents import functional as fn
 from agents.fewshot.backbones import load_reference_into, reference_conv4
+from agents.fewshot.base import query_metric
 from agents.fewshot.data import (
     DEFAULT_OMNIGLOT_DIR,
     ClassImages,
@@ -177,11 +178,11 @@ def test_omniglot_missing_folder_raises_without_download(tmp_path):
 SIZE = 16  # the smallest images Conv-4's four poolings accept
 
 
-def synthetic_samplers():
+def synthetic_samplers(shots: int = 1):
     g = torch.Generator().manual_seed(0)
     train = gaussian_cluster_images(40, 20, SIZE, noise=1.5, generator=g)
     test = gaussian_cluster_images(20, 20, SIZE, noise=1.5, generator=g)
-    return ClassificationSampler(train, 5, 1, 5), ClassificationSampler(test, 5, 1, 5)
+    return ClassificationSampler(train, 5, shots, 5), ClassificationSampler(test, 5, shots, 5)
 
 
 # name -> (factory, meta-training steps); small widths so each runs in ~2 s.
@@ -410,6 +411,38 @@ def test_snail_lr_anneal_is_linear_and_resumes_from_the_checkpoint():
         assert lrs + tail == pytest.approx([1e-2, 7e-3, 4e-3, 1e-3, 1e-3])
     with pytest.raises(ValueError, match=r"algo\.lr_final"):
         SNAILClassifierConfig(lr=1e-3, lr_final=1e-2)
+
+
+@pytest.mark.parametrize("regression", [False, True])
+def test_snail_evaluate_embeds_once_and_matches_logits_per_shot_count(regression):
+    """Eval reuses one embedding per input for every shot count: the same per-task metric
+    as calling ``logits`` on the inputs of the first k shots (same shuffles). Images: after
+    a training step has moved BatchNorm's running statistics; the sinusoid's MSE is
+    continuous, so any bookkeeping slip shows."""
+    config = SNAILClassifierConfig(hidden=8, blocks="small")
+    if regression:
+        learner = SNAILClassifier(config, 1, (1,), regression=True)
+        train = test = SinusoidSampler(3, 4)
+        ways, shots = 1, 3
+    else:
+        learner = SNAILClassifier(config, 5, (1, SIZE, SIZE))
+        train, test = synthetic_samplers(shots=3)
+        ways, shots = 5, 3
+    learner.meta_train_step(train.sample(2, torch.Generator().manual_seed(0)), torch.Generator())
+    batch = test.sample(3, torch.Generator().manual_seed(1))
+    got = learner.evaluate(batch)
+    learner.nets.eval()
+    generator = torch.Generator().manual_seed(0)  # evaluate's fixed shuffle seed
+    with torch.no_grad():
+        for k in range(1, shots + 1):
+            keep = torch.arange(ways * shots).view(ways, shots)[:, :k].reshape(-1)
+            sub = dataclasses.replace(
+                batch, support_x=batch.support_x[:, keep], support_y=batch.support_y[:, keep]
+            )
+            sx, sy = learner._shuffle(sub, generator)
+            out = learner.logits(sx, sy, batch.query_x)
+            want = torch.stack([query_metric(o, y, regression) for o, y in zip(out, batch.query_y)])
+            assert torch.allclose(got[k], want, rtol=1e-5, atol=1e-6), k
 
 
 def test_evaluate_keys():

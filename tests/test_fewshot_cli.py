@@ -163,6 +163,18 @@ def test_time_budget_stops_with_a_checkpoint(tmp_path, capsys):
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["iteration"] == 1
     assert "meta_test/accuracy" in status  # the last iteration was meta-tested
 
+    # --resume --max-minutes gives the continued run a new budget (0: none), recorded in
+    # config.yaml, and the run finishes its iterations.
+    code, _, err = run(
+        ["train", "--resume", "--logdir", str(run_dir), "--iterations", "3", "--max-minutes",
+         "0", "--no-progress"],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    status = json.loads((run_dir / "run.json").read_text())
+    assert status["status"] == "complete" and status["iteration"] == 3
+    assert "max_minutes: 0.0" in (run_dir / "config.yaml").read_text()
+
 
 @pytest.mark.parametrize(
     ("args", "message"),

@@ -154,6 +154,11 @@ class SNAILClassifier(FewShotLearner):
             return y.float()
         return F.one_hot(y, self.num_ways).float()
 
+    def embed(self, x: Tensor) -> Tensor:
+        """Embeddings ``[tasks, n, D]`` of inputs ``[tasks, n, *input]``."""
+        tasks, n = x.shape[:2]
+        return self.nets["embed_norm"](self.nets["encoder"](x.flatten(0, 1))).view(tasks, n, -1)
+
     def logits(self, support_x: Tensor, support_y: Tensor, query_x: Tensor) -> Tensor:
         """Query predictions ``[tasks, Q, out]`` given the ordered support sequence.
 
@@ -164,9 +169,15 @@ class SNAILClassifier(FewShotLearner):
         """
         tasks, s = support_x.shape[:2]
         q = query_x.shape[1]
+        # One encoder call for support and query: in training mode BatchNorm's statistics
+        # then cover both.
         z = self.nets["encoder"](torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
         z = self.nets["embed_norm"](z)
         zs, zq = z[: tasks * s].view(tasks, s, -1), z[tasks * s :].view(tasks, q, -1)
+        return self.logits_from_embeddings(zs, support_y, zq)
+
+    def logits_from_embeddings(self, zs: Tensor, support_y: Tensor, zq: Tensor) -> Tensor:
+        """:meth:`logits` from support and query embeddings ``[tasks, S|Q, D]``."""
         support = torch.cat([zs, self._labels(support_y)], dim=-1)  # [tasks, S, C]
         query = F.pad(zq, (0, self.label_dim))  # [tasks, Q, C]
         # Every query ends its own sequence (support, query). The causal stack runs the shared
@@ -228,18 +239,18 @@ class SNAILClassifier(FewShotLearner):
         shots = batch.support_x.shape[1] // ways
         results: dict[int, list[Tensor]] = {k: [] for k in range(1, shots + 1)}
         for group in split_tasks(batch, self.config.tasks_per_pass):
+            # In eval mode the encoder uses running statistics, so an image's embedding does
+            # not depend on its batch: embed once, then read every shot count from it.
+            zs, zq = self.embed(group.support_x), self.embed(group.query_x)
             for k in range(1, shots + 1):
                 # The first k examples of every class (class-major support), then shuffled.
-                keep = (
-                    torch.arange(ways * shots, device=group.support_x.device)
-                    .view(ways, shots)[:, :k]
-                    .reshape(-1)
-                )
+                keep = torch.arange(ways * shots, device=zs.device).view(ways, shots)[:, :k]
+                keep = keep.reshape(-1)
                 sub = dataclasses.replace(
-                    group, support_x=group.support_x[:, keep], support_y=group.support_y[:, keep]
+                    group, support_x=zs[:, keep], support_y=group.support_y[:, keep]
                 )
-                sx, sy = self._shuffle(sub, generator)
-                out = self.logits(sx, sy, group.query_x)
+                sz, sy = self._shuffle(sub, generator)
+                out = self.logits_from_embeddings(sz, sy, zq)
                 results[k].append(
                     torch.stack(
                         [query_metric(o, y, self.regression) for o, y in zip(out, group.query_y)]
