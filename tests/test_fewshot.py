@@ -126,7 +126,10 @@ def test_sinusoid_sampler():
 @pytest.fixture(scope="module")
 def omniglot(tmp_path_factory):
     if not DEFAULT_OMNIGLOT_DIR.is_dir():
-        pytest.skip(f"Omniglot not found at {DEFAULT_OMNIGLOT_DIR}")
+        pytest.fail(
+            f"Omniglot not found at {DEFAULT_OMNIGLOT_DIR}: the suite expects ../shared "
+            "(with data/omniglot) beside the clone"
+        )
     cache = tmp_path_factory.mktemp("metarl_cache")
     start = time.perf_counter()
     images = load_omniglot(cache_dir=cache)

@@ -171,8 +171,8 @@ class SNAILClassifier(FewShotLearner):
         q = query_x.shape[1]
         # One encoder call for support and query: in training mode BatchNorm's statistics
         # then cover both.
-        z = self.nets["encoder"](torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)]))
-        z = self.nets["embed_norm"](z)
+        flat = torch.cat([support_x.flatten(0, 1), query_x.flatten(0, 1)])
+        z = self.embed(flat[None])[0]
         zs, zq = z[: tasks * s].view(tasks, s, -1), z[tasks * s :].view(tasks, q, -1)
         return self.logits_from_embeddings(zs, support_y, zq)
 
