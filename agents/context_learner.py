@@ -84,6 +84,12 @@ class ContextConfig:
     obs_embed: int = 0
     """If > 0, observations pass through a Linear+ReLU of this width before the sequence
     model (for rich views such as the maze's rays); 0 feeds them raw."""
+    time_features: bool = False
+    """Append two time inputs to every step: steps into the episode / the time limit, and
+    episodes finished / episodes per trial. Off by default (the papers' inputs). A
+    recurrent net can count done flags itself, but until it does, the value of a state
+    (which, over a trial with γ = 1, is mostly *how much trial is left*) is unpredictable
+    and the advantages are noisy (Pardo et al. 2018, "Time Limits in RL")."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -165,7 +171,20 @@ class ContextPolicyNet(nn.Module):
 
     def encode_batch(self, batch: TrajectoryBatch) -> torch.Tensor:
         prev_action, prev_reward, prev_done = batch.previous()
-        return self.encoder(batch.obs, prev_action, prev_reward, prev_done, batch.trial_start)
+        episode_step = episode_index = None
+        if self.encoder.time_scales is not None:
+            t = torch.arange(batch.num_steps, device=batch.reward.device).unsqueeze(1)
+            last_start = torch.where(batch.episode_start, t, 0).cummax(dim=0).values
+            episode_step, episode_index = t - last_start, batch.episode_index
+        return self.encoder(
+            batch.obs,
+            prev_action,
+            prev_reward,
+            prev_done,
+            batch.trial_start,
+            episode_step,
+            episode_index,
+        )
 
     def evaluate(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-trial forward: (action-distribution parameters, values), both ``[T, B, …]``."""
@@ -189,11 +208,22 @@ class ContextPolicy:
             if self.net.value_trunk is None
             else self.net.value_trunk.initial_state(num_rows, device)
         )
-        return self.net.trunk.initial_state(num_rows, device), value_state
+        # The third entry counts the episodes finished in the trial (the time features).
+        episodes_done = torch.zeros(num_rows, dtype=torch.long, device=device)
+        return self.net.trunk.initial_state(num_rows, device), value_state, episodes_done
 
     def step(self, inp: StepInput, state: Any, generator: torch.Generator) -> PolicyStep:
         net = self.net
-        x = net.encoder(inp.obs, inp.prev_action, inp.prev_reward, inp.prev_done, inp.trial_start)
+        episodes_done = torch.where(inp.trial_start, 0, state[2] + inp.prev_done.long())
+        x = net.encoder(
+            inp.obs,
+            inp.prev_action,
+            inp.prev_reward,
+            inp.prev_done,
+            inp.trial_start,
+            inp.episode_step,
+            episodes_done,
+        )
         features, trunk_state = net.trunk.step(x, state[0])
         params = net.head(features)
         action = net.head.mode(params) if self.greedy else net.head.sample(params, generator)
@@ -203,7 +233,7 @@ class ContextPolicy:
         else:
             value_features, value_state = net.value_trunk.step(x, state[1])
         value = net.value(value_features)
-        return PolicyStep(action, log_prob, value, (trunk_state, value_state))
+        return PolicyStep(action, log_prob, value, (trunk_state, value_state, episodes_done))
 
 
 class ContextLearner(Learner):
@@ -217,7 +247,12 @@ class ContextLearner(Learner):
         self.problem = problem
         self.config = config
         self.device = torch.device(device)
-        encoder = ContextEncoder(problem.observation_space, problem.action_space, config.obs_embed)
+        encoder = ContextEncoder(
+            problem.observation_space,
+            problem.action_space,
+            config.obs_embed,
+            (problem.max_episode_steps, problem.episodes) if config.time_features else None,
+        )
         seq_len = problem.max_trial_steps
         trunk = self.build_trunk(encoder.output_size, seq_len)
         # TRPO constrains the policy alone, so the value function gets its own trunk;

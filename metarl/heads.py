@@ -107,8 +107,12 @@ class ContextEncoder(nn.Module):
         observation_space: gym.spaces.Space,
         action_space: gym.spaces.Space,
         obs_embed: int = 0,
+        time_scales: tuple[int, int] | None = None,
     ):
         super().__init__()
+        # (max episode steps, episodes per trial): if given, two more inputs tell the
+        # sequence model where it is in time, so it need not learn to count.
+        self.time_scales = time_scales
         self.obs_size = int(torch.Size(observation_space.shape).numel())
         size, n, self.discrete = space_dims(action_space)
         self.num_actions = n
@@ -119,7 +123,7 @@ class ContextEncoder(nn.Module):
             nn.Sequential(nn.Linear(self.obs_size, obs_embed), nn.ReLU()) if obs_embed > 0 else None
         )
         obs_out = obs_embed if obs_embed > 0 else self.obs_size
-        self.output_size = obs_out + self.action_size + 2
+        self.output_size = obs_out + self.action_size + 2 + (2 if time_scales else 0)
 
     def forward(
         self,
@@ -128,7 +132,15 @@ class ContextEncoder(nn.Module):
         prev_reward: torch.Tensor,
         prev_done: torch.Tensor,
         trial_start: torch.Tensor,
+        episode_step: torch.Tensor | None = None,
+        episode_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """Concatenates the inputs along the last axis.
+
+        ``episode_step`` and ``episode_index`` (steps into the current episode, episodes
+        finished in the trial; long, the shape of ``prev_reward``) are required when the
+        encoder was built with ``time_scales`` and ignored otherwise.
+        """
         lead = prev_reward.shape
         if self.discrete:
             act = F.one_hot(prev_action.long(), self.num_actions).to(obs.dtype)
@@ -138,7 +150,11 @@ class ContextEncoder(nn.Module):
         obs = obs.reshape(*lead, -1)
         if self.obs_net is not None:
             obs = self.obs_net(obs)
-        return torch.cat(
-            [obs, act, prev_reward.unsqueeze(-1), prev_done.unsqueeze(-1)],
-            dim=-1,
-        )
+        parts = [obs, act, prev_reward.unsqueeze(-1), prev_done.unsqueeze(-1)]
+        if self.time_scales is not None:
+            if episode_step is None or episode_index is None:
+                raise ValueError("this encoder has time features: pass episode_step/index")
+            horizon, episodes = self.time_scales
+            parts.append((episode_step.to(obs.dtype) / horizon).unsqueeze(-1))
+            parts.append((episode_index.to(obs.dtype) / episodes).unsqueeze(-1))
+        return torch.cat(parts, dim=-1)

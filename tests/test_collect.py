@@ -161,6 +161,39 @@ def test_rl2_training_forward_reproduces_acting_log_probs(cell, env_name):
     assert torch.allclose(value[mask], batch.value[mask], atol=1e-5)
 
 
+@pytest.mark.parametrize("learner_name", ["rl2", "snail"])
+def test_time_features_agree_between_acting_and_training(learner_name):
+    """The time inputs the policy builds step by step equal those rebuilt from the batch."""
+    from metarl.registry import resolve_algo, resolve_env
+
+    # nav2d episodes end early at the goal only rarely; a 3-step limit makes every row's
+    # episodes short and the counters roll over several times.
+    problem = RLProblem(resolve_env("nav2d")(), episodes=4, max_episode_steps=3)
+    cls = resolve_algo(learner_name)
+    extra = {"hidden_size": 8} if learner_name == "rl2" else {}
+    learner = cls(problem, cls.config_cls(trials_per_iteration=3, time_features=True, **extra))
+    seen = []
+    encoder_forward = learner.net.encoder.forward
+
+    def spy(*args):
+        seen.append((args[5].clone(), args[6].clone()))
+        return encoder_forward(*args)
+
+    learner.net.encoder.forward = spy
+    tasks = problem.sample_train_tasks(3, seed=0, iteration=0)
+    batch = problem.collect(learner.policy, tasks, torch.Generator().manual_seed(0))
+    acting = [torch.stack(x) for x in zip(*seen)]
+    seen.clear()
+    with torch.no_grad():
+        params, value = learner.net.evaluate(batch)
+    training = seen[0]
+    assert acting[0].tolist() == training[0].tolist() == [[t % 3] * 3 for t in range(12)]
+    assert acting[1].tolist() == training[1].tolist() == [[t // 3] * 3 for t in range(12)]
+    logp = learner.net.head.log_prob(params, batch.action)
+    assert torch.allclose(logp, batch.log_prob, atol=1e-5)
+    assert torch.allclose(value, batch.value, atol=1e-5)
+
+
 def test_same_seed_same_batch():
     from agents.rl2 import RL2, RL2Config
     from envs.tabular_mdp import TabularMDPDistribution
