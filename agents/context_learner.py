@@ -89,7 +89,9 @@ class ContextConfig:
     episodes finished / episodes per trial. Off by default (the papers' inputs). A
     recurrent net can count done flags itself, but until it does, the value of a state
     (which, over a trial with γ = 1, is mostly *how much trial is left*) is unpredictable
-    and the advantages are noisy (Pardo et al. 2018, "Time Limits in RL")."""
+    and the advantages are noisy (Pardo et al. 2018, "Time Limits in RL"). On tabular MDPs
+    it made no measurable difference (experiments/RESULTS.md): the GRU counted well
+    enough on its own."""
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
