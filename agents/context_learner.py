@@ -173,19 +173,15 @@ class ContextPolicyNet(nn.Module):
 
     def encode_batch(self, batch: TrajectoryBatch) -> torch.Tensor:
         prev_action, prev_reward, prev_done = batch.previous()
-        episode_step = episode_index = None
-        if self.encoder.time_scales is not None:
-            t = torch.arange(batch.num_steps, device=batch.reward.device).unsqueeze(1)
-            last_start = torch.where(batch.episode_start, t, 0).cummax(dim=0).values
-            episode_step, episode_index = t - last_start, batch.episode_index
+        timed = self.encoder.time_scales is not None
         return self.encoder(
             batch.obs,
             prev_action,
             prev_reward,
             prev_done,
             batch.trial_start,
-            episode_step,
-            episode_index,
+            batch.episode_step if timed else None,
+            batch.episode_index if timed else None,
         )
 
     def evaluate(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -210,13 +206,10 @@ class ContextPolicy:
             if self.net.value_trunk is None
             else self.net.value_trunk.initial_state(num_rows, device)
         )
-        # The third entry counts the episodes finished in the trial (the time features).
-        episodes_done = torch.zeros(num_rows, dtype=torch.long, device=device)
-        return self.net.trunk.initial_state(num_rows, device), value_state, episodes_done
+        return self.net.trunk.initial_state(num_rows, device), value_state
 
     def step(self, inp: StepInput, state: Any, generator: torch.Generator) -> PolicyStep:
         net = self.net
-        episodes_done = torch.where(inp.trial_start, 0, state[2] + inp.prev_done.long())
         x = net.encoder(
             inp.obs,
             inp.prev_action,
@@ -224,7 +217,7 @@ class ContextPolicy:
             inp.prev_done,
             inp.trial_start,
             inp.episode_step,
-            episodes_done,
+            inp.episode_index,
         )
         features, trunk_state = net.trunk.step(x, state[0])
         params = net.head(features)
@@ -235,7 +228,7 @@ class ContextPolicy:
         else:
             value_features, value_state = net.value_trunk.step(x, state[1])
         value = net.value(value_features)
-        return PolicyStep(action, log_prob, value, (trunk_state, value_state, episodes_done))
+        return PolicyStep(action, log_prob, value, (trunk_state, value_state))
 
 
 class ContextLearner(Learner):

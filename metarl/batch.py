@@ -135,6 +135,12 @@ class TrajectoryBatch:
         """Index (0-based) of the episode within its trial, ``[T, B]`` long."""
         return torch.cumsum(self.episode_start.long(), dim=0) - 1
 
+    @property
+    def episode_step(self) -> torch.Tensor:
+        """Steps taken in the current episode before this one, ``[T, B]`` long."""
+        t = torch.arange(self.num_steps, device=self.episode_start.device).unsqueeze(1)
+        return t - torch.where(self.episode_start, t, 0).cummax(dim=0).values
+
     def previous(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The (previous action, previous reward, done flag) inputs of context learners.
 

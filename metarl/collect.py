@@ -103,7 +103,15 @@ class Collector:
             if prev_action is None:
                 prev_action = _zero_action(env, b, device)
             out = policy.step(
-                StepInput(obs, prev_action, prev_reward, prev_done, trial_start, episode_step),
+                StepInput(
+                    obs,
+                    prev_action,
+                    prev_reward,
+                    prev_done,
+                    trial_start,
+                    episode_step,
+                    episodes_done,
+                ),
                 state,
                 generator,
             )
@@ -129,7 +137,8 @@ class Collector:
             valid_buf[t] = active
             final_obs_buf[t] = torch.where(_expand(done, step.obs), step.obs, 0.0)
 
-            episodes_done += (done & active).long()
+            # Not in place: the policy may keep the StepInput that carried this tensor.
+            episodes_done = episodes_done + (done & active).long()
             active = active & (episodes_done < episodes)
             any_done = bool(done.any())  # one host sync per step, reused below
             if t + 1 == t_max or (any_done and not bool(active.any())):

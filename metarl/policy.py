@@ -28,6 +28,8 @@ class StepInput:
         prev_done: 1.0 where the previous step ended an episode of the same trial, ``[B]``.
         trial_start: True where this is the first step of a trial, ``[B]`` bool.
         episode_step: Steps taken so far in the current episode, ``[B]`` long.
+        episode_index: Episodes finished so far in the trial, ``[B]`` long (None when the
+            caller does not track it; the collector always does).
     """
 
     obs: torch.Tensor
@@ -36,6 +38,7 @@ class StepInput:
     prev_done: torch.Tensor
     trial_start: torch.Tensor
     episode_step: torch.Tensor
+    episode_index: torch.Tensor | None = None
 
 
 @dataclasses.dataclass(frozen=True)
