@@ -69,7 +69,12 @@ class ContextConfig:
     """If set, the Adam learning rate moves linearly from ``lr`` to this over
     ``train.iterations`` (CleanRL-style annealing; None keeps it constant)."""
     value_coef: float = 0.5
-    """Value-loss weight when policy and value share the trunk (PPO, VPG)."""
+    """Value-loss weight in PPO's and VPG's single Adam loss."""
+    separate_critic: bool = False
+    """PPO and VPG: give the value function its own sequence model (the one TRPO always
+    uses) instead of a value head on the policy's features. The policy's memory then
+    serves the policy alone, and the value loss no longer pulls on it; acting and training
+    cost about twice the sequence-model compute."""
     max_grad_norm: float = 1.0
     """Global gradient-norm clip for Adam updates."""
     normalize_advantages: bool = True
@@ -251,10 +256,11 @@ class ContextLearner(Learner):
         seq_len = problem.max_trial_steps
         trunk = self.build_trunk(encoder.output_size, seq_len)
         # TRPO constrains the policy alone, so the value function gets its own trunk;
-        # PPO and VPG share one trunk and add the value loss.
+        # PPO and VPG share one trunk and add the value loss, unless separate_critic asks
+        # for TRPO's arrangement (one Adam loss still trains both trunks).
         value_trunk = (
             self.build_trunk(encoder.output_size, seq_len, value=True)
-            if config.optimizer == "trpo"
+            if config.optimizer == "trpo" or config.separate_critic
             else None
         )
         head = ActionHead(trunk.output_size, problem.action_space)

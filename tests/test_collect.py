@@ -194,6 +194,36 @@ def test_time_features_agree_between_acting_and_training(learner_name):
     assert torch.allclose(value, batch.value, atol=1e-5)
 
 
+@pytest.mark.parametrize("learner_name", ["rl2", "snail"])
+def test_separate_critic_keeps_the_value_loss_off_the_policy(learner_name):
+    """``algo.separate_critic``: PPO's value loss trains the critic's own trunk only, and
+    the values recorded while acting equal those recomputed for training."""
+    from metarl.registry import resolve_algo, resolve_env
+
+    problem = RLProblem(resolve_env("tabular-mdp")(), episodes=2)
+    cls = resolve_algo(learner_name)
+    extra = {"hidden_size": 8} if learner_name == "rl2" else {}
+    config = cls.config_cls(trials_per_iteration=4, separate_critic=True, **extra)
+    learner = cls(problem, config)
+    net = learner.net
+    assert net.value_trunk is not None
+    tasks = problem.sample_train_tasks(4, seed=0, iteration=0)
+    batch = problem.collect(learner.policy, tasks, torch.Generator().manual_seed(0))
+    _, value = net.evaluate(batch)
+    assert torch.allclose(value, batch.value, atol=1e-5)
+    _, returns = learner.advantages(batch)
+    learner._value_loss(value, returns, batch.valid).backward()
+    policy_grads = [p.grad for p in [*net.trunk.parameters(), *net.head.parameters()]]
+    assert all(g is None or not g.any() for g in policy_grads)
+    assert any(p.grad is not None and p.grad.any() for p in net.value_trunk.parameters())
+    net.zero_grad(set_to_none=True)
+    before = [p.detach().clone() for p in net.value_trunk.parameters()]
+    metrics = learner.train_iteration(tasks, torch.Generator().manual_seed(1))
+    assert np.isfinite(metrics["loss_value"])
+    moved = [not torch.equal(b, p) for b, p in zip(before, net.value_trunk.parameters())]
+    assert any(moved), "the PPO step did not train the separate critic"
+
+
 def test_same_seed_same_batch():
     from agents.rl2 import RL2, RL2Config
     from envs.tabular_mdp import TabularMDPDistribution
