@@ -89,6 +89,13 @@ class ContextConfig:
     obs_embed: int = 0
     """If > 0, observations pass through a Linear+ReLU of this width before the sequence
     model (for rich views such as the maze's rays); 0 feeds them raw."""
+    prev_obs: bool = False
+    """Also feed the previous step's observation, so that each step input holds a whole
+    transition (s, a, r, s'). Off by default (the papers' inputs: s', a, r, done); see
+    :class:`metarl.heads.ContextEncoder` for why it can help on tabular MDPs."""
+    input_embed: int = 0
+    """If > 0, the whole step input passes through a Linear+ReLU of this width before the
+    sequence model (after ``obs_embed``); 0 feeds the concatenation directly."""
     time_features: bool = False
     """Append two time inputs to every step: steps into the episode / the time limit, and
     episodes finished / episodes per trial. Off by default (the papers' inputs). A
@@ -118,7 +125,7 @@ class ContextConfig:
         for name in ("entropy_coef_final", "lr_final"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"algo.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("entropy_coef", "value_coef", "damping", "obs_embed"):
+        for name in ("entropy_coef", "value_coef", "damping", "obs_embed", "input_embed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"algo.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -187,6 +194,7 @@ class ContextPolicyNet(nn.Module):
             batch.trial_start,
             batch.episode_step if timed else None,
             batch.episode_index if timed else None,
+            batch.previous_obs() if self.encoder.prev_obs else None,
         )
 
     def evaluate(self, batch: TrajectoryBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -211,10 +219,15 @@ class ContextPolicy:
             if self.net.value_trunk is None
             else self.net.value_trunk.initial_state(num_rows, device)
         )
-        return self.net.trunk.initial_state(num_rows, device), value_state
+        # The third slot is the last observation, for encoders that read it (prev_obs);
+        # None until the first step, where the encoder zeroes it anyway (trial start).
+        return self.net.trunk.initial_state(num_rows, device), value_state, None
 
     def step(self, inp: StepInput, state: Any, generator: torch.Generator) -> PolicyStep:
         net = self.net
+        prev_obs = None
+        if net.encoder.prev_obs:
+            prev_obs = torch.zeros_like(inp.obs) if state[2] is None else state[2]
         x = net.encoder(
             inp.obs,
             inp.prev_action,
@@ -223,6 +236,7 @@ class ContextPolicy:
             inp.trial_start,
             inp.episode_step,
             inp.episode_index,
+            prev_obs,
         )
         features, trunk_state = net.trunk.step(x, state[0])
         params = net.head(features)
@@ -233,7 +247,8 @@ class ContextPolicy:
         else:
             value_features, value_state = net.value_trunk.step(x, state[1])
         value = net.value(value_features)
-        return PolicyStep(action, log_prob, value, (trunk_state, value_state))
+        last_obs = inp.obs if net.encoder.prev_obs else None
+        return PolicyStep(action, log_prob, value, (trunk_state, value_state, last_obs))
 
 
 class ContextLearner(Learner):
@@ -252,6 +267,8 @@ class ContextLearner(Learner):
             problem.action_space,
             config.obs_embed,
             (problem.max_episode_steps, problem.episodes) if config.time_features else None,
+            prev_obs=config.prev_obs,
+            input_embed=config.input_embed,
         )
         seq_len = problem.max_trial_steps
         trunk = self.build_trunk(encoder.output_size, seq_len)

@@ -159,6 +159,16 @@ class TrajectoryBatch:
         prev_done = (self.episode_start & keep).float()
         return prev_action, prev_reward, prev_done
 
+    def previous_obs(self) -> torch.Tensor:
+        """The observation of the previous step, ``[T, B, *obs_shape]``; zero at a trial start.
+
+        At the first step of a later episode it is the last observation of the previous
+        episode (the one the previous action was taken in), as for :meth:`previous`.
+        """
+        prev = torch.cat([torch.zeros_like(self.obs[:1]), self.obs[:-1]])
+        keep = ~self.trial_start
+        return prev * keep.view(*keep.shape, *([1] * (prev.dim() - 2))).to(prev.dtype)
+
     def episode_returns(self, episodes: int) -> torch.Tensor:
         """Undiscounted return of each episode of each trial, ``[episodes, B]``."""
         index = self.episode_index.clamp(0, episodes - 1)

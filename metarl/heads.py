@@ -100,6 +100,14 @@ class ContextEncoder(nn.Module):
 
     These are the inputs of RL² and SNAIL. At a trial start the previous action, reward
     and done flag are zero, so the one-hot of action 0 is masked out too.
+
+    Two options (off by default, i.e. the papers' inputs) make the step input easier to
+    learn from. ``prev_obs`` also feeds the previous step's observation, so that one step
+    input holds a whole transition (s, a, r, s'); without it the sequence model has to
+    recall s from its own memory to tell which state-action pair the reward belongs to.
+    ``input_embed`` passes the concatenation through a Linear+ReLU, whose units can
+    form conjunctions such as "this reward, after this action, in this state" that a
+    recurrent cell's single linear input layer cannot.
     """
 
     def __init__(
@@ -108,8 +116,11 @@ class ContextEncoder(nn.Module):
         action_space: gym.spaces.Space,
         obs_embed: int = 0,
         time_scales: tuple[int, int] | None = None,
+        prev_obs: bool = False,
+        input_embed: int = 0,
     ):
         super().__init__()
+        self.prev_obs = prev_obs
         # (max episode steps, episodes per trial): if given, two more inputs tell the
         # sequence model where it is in time, so it need not learn to count.
         self.time_scales = time_scales
@@ -123,7 +134,11 @@ class ContextEncoder(nn.Module):
             nn.Sequential(nn.Linear(self.obs_size, obs_embed), nn.ReLU()) if obs_embed > 0 else None
         )
         obs_out = obs_embed if obs_embed > 0 else self.obs_size
-        self.output_size = obs_out + self.action_size + 2 + (2 if time_scales else 0)
+        size = obs_out * (2 if prev_obs else 1) + self.action_size + 2 + (2 if time_scales else 0)
+        self.input_net = (
+            nn.Sequential(nn.Linear(size, input_embed), nn.ReLU()) if input_embed > 0 else None
+        )
+        self.output_size = input_embed if input_embed > 0 else size
 
     def forward(
         self,
@@ -134,27 +149,39 @@ class ContextEncoder(nn.Module):
         trial_start: torch.Tensor,
         episode_step: torch.Tensor | None = None,
         episode_index: torch.Tensor | None = None,
+        prev_obs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Concatenates the inputs along the last axis.
+        """Concatenates the inputs along the last axis (then embeds them, if configured).
 
         ``episode_step`` and ``episode_index`` (steps into the current episode, episodes
         finished in the trial; long, the shape of ``prev_reward``) are required when the
-        encoder was built with ``time_scales`` and ignored otherwise.
+        encoder was built with ``time_scales`` and ignored otherwise. ``prev_obs`` (the
+        previous step's observation, the shape of ``obs``; anything at a trial start, where
+        it is zeroed) is required when it was built with ``prev_obs``.
         """
         lead = prev_reward.shape
+        not_start = (~trial_start).unsqueeze(-1).to(obs.dtype)
         if self.discrete:
-            act = F.one_hot(prev_action.long(), self.num_actions).to(obs.dtype)
-            act = act * (~trial_start).unsqueeze(-1).to(obs.dtype)
+            act = F.one_hot(prev_action.long(), self.num_actions).to(obs.dtype) * not_start
         else:
             act = prev_action.reshape(*lead, -1).to(obs.dtype)
         obs = obs.reshape(*lead, -1)
         if self.obs_net is not None:
             obs = self.obs_net(obs)
-        parts = [obs, act, prev_reward.unsqueeze(-1), prev_done.unsqueeze(-1)]
+        parts = [obs]
+        if self.prev_obs:
+            if prev_obs is None:
+                raise ValueError("this encoder reads the previous observation: pass prev_obs")
+            prev = prev_obs.reshape(*lead, -1).to(obs.dtype)
+            if self.obs_net is not None:
+                prev = self.obs_net(prev)
+            parts.append(prev * not_start)
+        parts += [act, prev_reward.unsqueeze(-1), prev_done.unsqueeze(-1)]
         if self.time_scales is not None:
             if episode_step is None or episode_index is None:
                 raise ValueError("this encoder has time features: pass episode_step/index")
             horizon, episodes = self.time_scales
             parts.append((episode_step.to(obs.dtype) / horizon).unsqueeze(-1))
             parts.append((episode_index.to(obs.dtype) / episodes).unsqueeze(-1))
-        return torch.cat(parts, dim=-1)
+        x = torch.cat(parts, dim=-1)
+        return x if self.input_net is None else self.input_net(x)

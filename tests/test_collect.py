@@ -195,6 +195,43 @@ def test_time_features_agree_between_acting_and_training(learner_name):
 
 
 @pytest.mark.parametrize("learner_name", ["rl2", "snail"])
+def test_previous_observation_input_agrees_between_acting_and_training(learner_name):
+    """``algo.prev_obs``: while acting, the encoder sees the observation of the step
+    before (zero at a trial start, the previous episode's last one after a boundary), the
+    same input the batch rebuilds for training; ``input_embed`` changes nothing there."""
+    from metarl.registry import resolve_algo, resolve_env
+
+    problem = RLProblem(resolve_env("tabular-mdp")(), episodes=3)
+    cls = resolve_algo(learner_name)
+    extra = {"hidden_size": 8} if learner_name == "rl2" else {}
+    config = cls.config_cls(trials_per_iteration=2, prev_obs=True, input_embed=16, **extra)
+    learner = cls(problem, config)
+    assert learner.net.encoder.output_size == 16
+    seen = []
+    encoder_forward = learner.net.encoder.forward
+
+    def spy(*args):
+        seen.append(args[7].clone())
+        return encoder_forward(*args)
+
+    learner.net.encoder.forward = spy
+    tasks = problem.sample_train_tasks(2, seed=0, iteration=0)
+    batch = problem.collect(learner.policy, tasks, torch.Generator().manual_seed(0))
+    acting = torch.stack(seen)
+    # Row by row: what the policy saw as "previous observation" is the batch's observation
+    # one step earlier, across the episode boundaries at steps 10 and 20.
+    assert torch.equal(acting[1:], batch.obs[:-1])
+    assert torch.equal(batch.previous_obs()[1:], batch.obs[:-1])
+    assert not batch.previous_obs()[0].any()
+    with torch.no_grad():
+        params, value = learner.net.evaluate(batch)
+    logp = learner.net.head.log_prob(params, batch.action)
+    assert torch.allclose(logp, batch.log_prob, atol=1e-5)
+    assert torch.allclose(value, batch.value, atol=1e-5)
+    assert np.isfinite(learner.train_iteration(tasks, torch.Generator())["loss_value"])
+
+
+@pytest.mark.parametrize("learner_name", ["rl2", "snail"])
 def test_separate_critic_keeps_the_value_loss_off_the_policy(learner_name):
     """``algo.separate_critic``: PPO's value loss trains the critic's own trunk only, and
     the values recorded while acting equal those recomputed for training."""
