@@ -8,6 +8,8 @@ whose run does not exist is printed as "not run".
 
 Usage:
     python experiments/tables.py [--tasks 10000] [--cells n10k5,n100k10,...] [--mdp 10,25]
+
+An empty ``--cells ""`` or ``--mdp ""`` skips that table.
 """
 
 from __future__ import annotations
@@ -163,13 +165,17 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     cells = []
-    for cell in args.cells.split(","):
+    for cell in filter(None, args.cells.split(",")):
         n, k = cell[1:].split("k")
         cells.append((int(n), int(k)))
-    print("## Bandits: mean trial return ± 95% CI\n")
-    print(bandit_table(cells, args.tasks))
-    print("\n## Tabular MDPs: trial return / value-iteration optimum\n")
-    print(mdp_table([int(n) for n in args.mdp.split(",")], args.mdp_tasks))
+    # An empty list skips that table (``--cells ""`` regenerates only the MDP rows).
+    if cells:
+        print("## Bandits: mean trial return ± 95% CI\n")
+        print(bandit_table(cells, args.tasks))
+    mdp_ns = [int(n) for n in filter(None, args.mdp.split(","))]
+    if mdp_ns:
+        print("\n## Tabular MDPs: trial return / value-iteration optimum\n")
+        print(mdp_table(mdp_ns, args.mdp_tasks))
 
 
 if __name__ == "__main__":
