@@ -543,6 +543,36 @@ def test_collect_through_narrow_problem_matches_wide():
     torch.testing.assert_close(a.obs, b.obs, atol=2e-2, rtol=0)
 
 
+@pytest.mark.parametrize("eval_trajectories,expected", [(0, 3), (5, 5)])
+def test_adaptation_curve_samples_eval_trajectories_per_task(eval_trajectories, expected):
+    problem = RLProblem(Nav2DDistribution(horizon=4), episodes=1)
+    cfg = MAMLTRPOConfig(
+        meta_batch_size=2,
+        trajectories_per_task=3,
+        hidden_sizes=(8,),
+        eval_trajectories=eval_trajectories,
+    )
+    learner = MAMLTRPO(problem, cfg)
+    tasks = problem.sample_train_tasks(2, 0, 0)
+    widths = []
+    collect = learner.sampler.collect
+
+    def recording_collect(net, params, part, r, generator, **kw):
+        widths.append(r)
+        return collect(net, params, part, r, generator, **kw)
+
+    learner.sampler.collect = recording_collect
+    gen = torch.Generator().manual_seed(0)
+    curve = learner.adaptation_curve(learner.net, learner.theta(), 0.1, tasks, gen, steps=2)
+    assert curve.shape == (3, 2) and torch.isfinite(curve).all()
+    assert widths == [expected] * 3  # one collection per step 0, 1, 2
+
+
+def test_negative_eval_trajectories_is_rejected():
+    with pytest.raises(ValueError, match="eval_trajectories"):
+        MAMLTRPOConfig(eval_trajectories=-1)
+
+
 # ------------------------------------------------------------------ CLI
 ALGOS = {"maml-trpo": "agents.maml:MAMLTRPO", "meta-sgd": "agents.meta_sgd:MetaSGD"}
 TINY = [
