@@ -191,6 +191,12 @@ class MAMLTRPOConfig:
     sb3_timesteps: int = 20000
     """Env steps of SB3 PPO training per ``sb3-ppo`` task."""
 
+    @property
+    def meta_test_trajectories(self) -> int:
+        """Trajectories per task and step at meta-test: ``eval_trajectories`` if set, else
+        ``trajectories_per_task``."""
+        return self.eval_trajectories or self.trajectories_per_task
+
     def __post_init__(self) -> None:
         self.hidden_sizes = tuple(int(h) for h in self.hidden_sizes)
         self.eval_baselines = tuple(self.eval_baselines)
@@ -1131,7 +1137,7 @@ class MAMLTRPO(Learner):
         """
         cfg = self.config
         steps = cfg.eval_steps if steps is None else steps
-        r = cfg.eval_trajectories or cfg.trajectories_per_task
+        r = cfg.meta_test_trajectories
         loss_fn = make_inner_loss(net)
         chunk = max(1, 4096 // r)
         out = torch.zeros(steps + 1, len(tasks))

@@ -197,12 +197,7 @@ def baseline_curves(learner: MAMLTRPO, tasks: Any, generator: torch.Generator) -
             net = cache["oracle"]
             params = {k: v.detach() for k, v in net.named_parameters()}
             batch = learner.sampler.collect(
-                net,
-                params,
-                tasks,
-                cfg.eval_trajectories or cfg.trajectories_per_task,
-                stream(i),
-                features=task_features,
+                net, params, tasks, cfg.meta_test_trajectories, stream(i), features=task_features
             )
             flat = learner.sampler.task_returns(batch, len(tasks)).cpu()
             values = flat.unsqueeze(0).expand(len(x), -1).clone()
