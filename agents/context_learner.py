@@ -96,6 +96,15 @@ class ContextConfig:
     input_embed: int = 0
     """If > 0, the whole step input passes through a Linear+ReLU of this width before the
     sequence model (after ``obs_embed``); 0 feeds the concatenation directly."""
+    head_hidden: int = 0
+    """If > 0, a Linear+ReLU of this width sits between the sequence model and the
+    action and value heads (on each of them, if the critic has its own trunk). The
+    heads are otherwise linear in the sequence model's features, so choosing an action
+    from what the memory holds (e.g. planning over the transitions seen so far) must be
+    done by the recurrent update itself; this layer adds a step of computation per step.
+    With RL² it lifted 10-episode tabular MDPs from 0.607 to 0.668 of the optimum at
+    1,000 iterations, and 100-pull 5-armed bandits from 0.969x to 0.991x the Gittins
+    index (experiments/RESULTS.md)."""
     time_features: bool = False
     """Append two time inputs to every step: steps into the episode / the time limit, and
     episodes finished / episodes per trial. Off by default (the papers' inputs). A
@@ -125,11 +134,42 @@ class ContextConfig:
         for name in ("entropy_coef_final", "lr_final"):
             if getattr(self, name) is not None and getattr(self, name) < 0:
                 raise ValueError(f"algo.{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("entropy_coef", "value_coef", "damping", "obs_embed", "input_embed"):
+        for name in (
+            "entropy_coef",
+            "value_coef",
+            "damping",
+            "obs_embed",
+            "input_embed",
+            "head_hidden",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"algo.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+
+
+class FeatureMLP(nn.Module):
+    """A sequence model followed by a Linear+ReLU (``ContextConfig.head_hidden``).
+
+    It keeps the trunk protocol (``output_size``, ``initial_state``, ``step``,
+    ``forward``), so acting and training see the same features.
+    """
+
+    def __init__(self, trunk: nn.Module, width: int):
+        super().__init__()
+        self.trunk = trunk
+        self.mlp = nn.Sequential(nn.Linear(trunk.output_size, width), nn.ReLU())
+        self.output_size = width
+
+    def initial_state(self, batch_size: int, device: torch.device) -> Any:
+        return self.trunk.initial_state(batch_size, device)
+
+    def step(self, x: torch.Tensor, state: Any) -> tuple[torch.Tensor, Any]:
+        features, state = self.trunk.step(x, state)
+        return self.mlp(features), state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.trunk(x))
 
 
 class ContextPolicyNet(nn.Module):
@@ -271,14 +311,17 @@ class ContextLearner(Learner):
             input_embed=config.input_embed,
         )
         seq_len = problem.max_trial_steps
-        trunk = self.build_trunk(encoder.output_size, seq_len)
+
+        def make_trunk(value: bool) -> nn.Module:
+            trunk = self.build_trunk(encoder.output_size, seq_len, value=value)
+            return FeatureMLP(trunk, config.head_hidden) if config.head_hidden > 0 else trunk
+
+        trunk = make_trunk(value=False)
         # TRPO constrains the policy alone, so the value function gets its own trunk;
         # PPO and VPG share one trunk and add the value loss, unless separate_critic asks
         # for TRPO's arrangement (one Adam loss still trains both trunks).
         value_trunk = (
-            self.build_trunk(encoder.output_size, seq_len, value=True)
-            if config.optimizer == "trpo" or config.separate_critic
-            else None
+            make_trunk(value=True) if config.optimizer == "trpo" or config.separate_critic else None
         )
         head = ActionHead(trunk.output_size, problem.action_space)
         self.net = ContextPolicyNet(encoder, trunk, head, value_trunk).to(self.device)

@@ -231,6 +231,35 @@ def test_previous_observation_input_agrees_between_acting_and_training(learner_n
     assert np.isfinite(learner.train_iteration(tasks, torch.Generator())["loss_value"])
 
 
+@pytest.mark.parametrize("optimizer", ["ppo", "trpo"])
+@pytest.mark.parametrize("learner_name", ["rl2", "snail"])
+def test_head_mlp_agrees_between_acting_and_training(learner_name, optimizer):
+    """``algo.head_hidden``: the Linear+ReLU between the sequence model and the heads
+    sits on every trunk (the critic's too), and the log-probs and values recorded while
+    acting equal those recomputed over the whole trial for training."""
+    from agents.context_learner import FeatureMLP
+    from metarl.registry import resolve_algo, resolve_env
+
+    problem = RLProblem(resolve_env("tabular-mdp")(), episodes=3)
+    cls = resolve_algo(learner_name)
+    extra = {"hidden_size": 8} if learner_name == "rl2" else {}
+    config = cls.config_cls(trials_per_iteration=2, head_hidden=12, optimizer=optimizer, **extra)
+    learner = cls(problem, config)
+    trunks = [learner.net.trunk] + ([learner.net.value_trunk] if optimizer == "trpo" else [])
+    assert all(isinstance(t, FeatureMLP) and t.output_size == 12 for t in trunks)
+    assert learner.net.head.linear.in_features == learner.net.value_head.in_features == 12
+    tasks = problem.sample_train_tasks(2, seed=0, iteration=0)
+    batch = problem.collect(learner.policy, tasks, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        params, value = learner.net.evaluate(batch)
+    logp = learner.net.head.log_prob(params, batch.action)
+    assert torch.allclose(logp, batch.log_prob, atol=1e-5)
+    assert torch.allclose(value, batch.value, atol=1e-5)
+    before = [p.detach().clone() for p in learner.net.trunk.mlp.parameters()]
+    assert np.isfinite(learner.train_iteration(tasks, torch.Generator())["loss_value"])
+    assert any(not torch.equal(b, p) for b, p in zip(before, learner.net.trunk.mlp.parameters()))
+
+
 @pytest.mark.parametrize("learner_name", ["rl2", "snail"])
 def test_separate_critic_keeps_the_value_loss_off_the_policy(learner_name):
     """``algo.separate_critic``: PPO's value loss trains the critic's own trunk only, and
