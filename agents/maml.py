@@ -182,6 +182,10 @@ class MAMLTRPOConfig:
     script adapts on 40 (a VPG batch of 4,000 steps) after training with 20."""
     eval_baselines: tuple[str, ...] = BASELINES
     """Baselines ``metarl eval`` adds: ``random``, ``pretrained``, ``oracle``, ``sb3-ppo``."""
+    random_inits: int = 8
+    """Initialisations the ``random`` baseline averages over, each fine-tuned on an equal
+    share of the meta-test tasks: how fast one random policy improves depends strongly on
+    its draw."""
     baseline_iterations: int = 50
     """TRPO iterations for the ``pretrained`` and ``oracle`` baselines."""
     baseline_trajectories: int = 200
@@ -206,6 +210,7 @@ class MAMLTRPOConfig:
             "max_kl",
             "cg_iters",
             "ls_max_steps",
+            "random_inits",
             "baseline_iterations",
             "baseline_trajectories",
             "sb3_tasks",

@@ -65,7 +65,8 @@ def plot_run(run_dir: Path, out_dir: Path) -> Path | None:
     if metric:
         xs, ys = column(rows, f"meta_train/{metric}")
         ax.plot(xs, ys, color="tab:blue", alpha=0.25, linewidth=0.8, label=f"meta-train {metric}")
-        window = max(1, len(ys) // 50)
+        # Short runs (tens of noisy iterations) still need some smoothing to show a trend.
+        window = max(1, len(ys) // 50, min(10, len(ys) // 10))
         ax.plot(
             xs,
             moving_average(ys, window),

@@ -7,6 +7,9 @@ Writes, in the output directory:
 * ``summary.csv``: each learner's mean trial return with its CI, and the return normalised
   by the env's exact optimum where the env provides one;
 * ``adaptation.png``: the curves with shaded CIs;
+* ``per_task.csv``: ``learner,x,task,value`` plus the task's parameters (e.g.
+  ``direction``) where tasks are plain dicts of numbers, so a mean can be split by task
+  kind (forward against backward, say) without re-running the evaluation;
 * for few-shot runs, query accuracy (or MSE) in place of the return, against inner
   gradient steps or shots seen, with a chance-level baseline (and ``fits.png`` for
   sinusoid regression);
@@ -57,17 +60,67 @@ def baseline_curves(problem: Any, tasks: Any, generator: torch.Generator) -> dic
     return curves
 
 
+def task_parameter_columns(tasks: Any) -> tuple[list[str], list[list[Any]]]:
+    """Column names and per-task rows for tasks given as flat dicts of numbers.
+
+    Gymnasium-backed task distributions (MuJoCo direction/velocity, user envs) describe a
+    task as a ``set_task`` dict; tensor envs keep tasks in batched tensors, which get no
+    parameter columns (their ``task`` index still identifies them).
+    """
+    if not isinstance(tasks, (list, tuple)) or not tasks:
+        return [], []
+    if not all(isinstance(t, dict) for t in tasks):
+        return [], []
+    keys = list(tasks[0])
+    scalar = (bool, int, float)
+    if any(list(t) != keys or not all(isinstance(v, scalar) for v in t.values()) for t in tasks):
+        return [], []
+    return keys, [[t[k] for k in keys] for t in tasks]
+
+
+def write_per_task(out: Path, curves: dict[str, Curve], tasks: Any = None) -> None:
+    """Writes ``per_task.csv``: every curve's value per task and x, with task parameters.
+
+    Only curves on the main x axis (the first curve's) and over all the tasks are written:
+    others, such as SB3 PPO's learning curve on a few tasks against env steps, would not
+    line up with the task index.
+    """
+    first = next(iter(curves.values()))
+    main_label = first.x_label
+    n_tasks = len(tasks) if isinstance(tasks, (list, tuple)) else first.values.shape[1]
+    keys, params = task_parameter_columns(tasks)
+    with open(out / "per_task.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["learner", "x", "task", "value", *keys])
+        for name, curve in curves.items():
+            if curve.values.shape[1] != n_tasks or curve.x_label != main_label:
+                continue
+            values = curve.values.double().cpu().tolist()
+            for i, x in enumerate(curve.x):
+                for task, value in enumerate(values[i]):
+                    writer.writerow(
+                        [name, x, task, f"{value:.6g}", *(params[task] if params else [])]
+                    )
+
+
 def write_outputs(
-    out: Path, curves: dict[str, Curve], optimum: torch.Tensor | None = None, title: str = ""
+    out: Path,
+    curves: dict[str, Curve],
+    optimum: torch.Tensor | None = None,
+    title: str = "",
+    tasks: Any = None,
 ) -> None:
     """Writes adaptation.csv, summary.csv, adaptation.png and TensorBoard curves.
 
     ``adaptation.csv`` keeps its fixed columns and holds the curves measured on the main x
     axis (the first curve's: episode or gradient step). Curves on another axis, such as an
     SB3 learning curve against env steps, go to ``other_curves.csv`` (with an ``x_label``
-    column) and to their own panel of ``adaptation.png``.
+    column) and to their own panel of ``adaptation.png``. ``per_task.csv`` holds the
+    per-task values behind every mean (see :func:`write_per_task`); ``tasks``, when given,
+    adds their parameters to it.
     """
     out.mkdir(parents=True, exist_ok=True)
+    write_per_task(out, curves, tasks)
     main_label = next(iter(curves.values())).x_label
     columns = ["learner", "x", "mean_return", "ci_low", "ci_high", "n_tasks"]
     with (
@@ -231,7 +284,8 @@ def evaluate_run(
     if hasattr(distribution, "optimal_episode_return"):
         optimum = distribution.optimal_episode_return(tasks) * problem.episodes
     out_dir = Path(out) if out else run_dir / "eval"
-    write_outputs(out_dir, curves, optimum, title=f"{config.algorithm} on {config.environment}")
+    title = f"{config.algorithm} on {config.environment}"
+    write_outputs(out_dir, curves, optimum, title=title, tasks=tasks)
     if hasattr(distribution, "trial_images") and learner_curve.batch is not None:
         # Envs that can draw trials (the maze: episode paths side by side) get a few PNGs.
         _save_trial_images(out_dir, distribution, tasks, learner_curve.batch)

@@ -81,6 +81,9 @@ def test_train_eval_smoke(env, tmp_path, capsys):
     assert {"rl2", "random", "oracle"} <= learners
     assert {r["x"] for r in table if r["learner"] == "rl2"} == {"1", "2"}
     assert all(r["n_tasks"] == "6" for r in table)
+    per_task = read_csv(run_dir / "eval" / "per_task.csv")
+    assert list(per_task[0]) == ["learner", "x", "task", "value"]  # tensor tasks: no params
+    assert len([r for r in per_task if r["learner"] == "rl2"]) == 2 * 6
     assert (run_dir / "eval" / "adaptation.png").stat().st_size > 1000
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from agents import maml_baselines
 from agents.linear_baseline import fit_ridge, linear_baseline_values, linear_features
 from agents.maml import (
     MAMLTRPO,
@@ -568,6 +569,32 @@ def test_adaptation_curve_samples_eval_trajectories_per_task(eval_trajectories, 
     assert widths == [expected] * 3  # one collection per step 0, 1, 2
 
 
+def test_random_baseline_fine_tunes_one_initialisation_per_share_of_tasks(monkeypatch):
+    problem = RLProblem(Nav2DDistribution(horizon=4), episodes=1)
+    cfg = MAMLTRPOConfig(
+        meta_batch_size=2, trajectories_per_task=2, hidden_sizes=(8,), eval_steps=1, random_inits=3
+    )
+    learner = MAMLTRPO(problem, cfg)
+    tasks = problem.sample_train_tasks(7, 0, 0)
+    seen = []  # (first weight, tasks fine-tuned from it)
+    curve = learner.adaptation_curve
+
+    def recording_curve(net, params, lr, part, generator, steps=None):
+        seen.append((params["layers.0.weight"].detach().clone(), len(part)))
+        return curve(net, params, lr, part, generator, steps)
+
+    monkeypatch.setattr(learner, "adaptation_curve", recording_curve)
+    values = maml_baselines.random_init_curve(learner, tasks, 5, torch.Generator().manual_seed(0))
+    assert values.shape == (2, 7) and torch.isfinite(values).all()
+    assert [n for _, n in seen] == [2, 2, 3]  # every task once, in order
+    first = [w for w, _ in seen]
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    # More inits than tasks: one initialisation per task.
+    seen.clear()
+    maml_baselines.random_init_curve(learner, tasks[:2], 5, torch.Generator().manual_seed(0))
+    assert [n for _, n in seen] == [1, 1]
+
+
 def test_negative_eval_trajectories_is_rejected():
     with pytest.raises(ValueError, match="eval_trajectories"):
         MAMLTRPOConfig(eval_trajectories=-1)
@@ -644,3 +671,15 @@ def test_cli_train_and_eval_smoke(algo, env, horizon, tmp_path, capsys, monkeypa
     assert {r["x_label"] for r in other} == {"env steps"}
     xs = [r["x"] for r in table if r["learner"] == _algo_name(algo)]
     assert xs == ["0", "1"]
+    # Per-task values behind each mean, with the task's parameters on gymnasium tasks.
+    with open(run_dir / "eval" / "per_task.csv", newline="") as f:
+        per_task = list(csv.DictReader(f))
+    assert "sb3-ppo" not in {r["learner"] for r in per_task}
+    mine = [r for r in per_task if r["learner"] == _algo_name(algo)]
+    assert [(r["x"], r["task"]) for r in mine] == [("0", "0"), ("0", "1"), ("1", "0"), ("1", "1")]
+    for x in ("0", "1"):
+        mean = sum(float(r["value"]) for r in mine if r["x"] == x) / 2
+        row = next(r for r in table if r["learner"] == _algo_name(algo) and r["x"] == x)
+        assert mean == pytest.approx(float(row["mean_return"]), rel=1e-4, abs=1e-4)
+    if env == "halfcheetah-dir":
+        assert {r["direction"] for r in mine} <= {"1.0", "-1.0"}
