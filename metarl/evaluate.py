@@ -67,15 +67,16 @@ def task_parameter_columns(tasks: Any) -> tuple[list[str], list[list[Any]]]:
     task as a ``set_task`` dict; tensor envs keep tasks in batched tensors, which get no
     parameter columns (their ``task`` index still identifies them).
     """
-    if not isinstance(tasks, (list, tuple)) or not tasks:
-        return [], []
-    if not all(isinstance(t, dict) for t in tasks):
+    if not isinstance(tasks, (list, tuple)) or not tasks or not isinstance(tasks[0], dict):
         return [], []
     keys = list(tasks[0])
-    scalar = (bool, int, float)
-    if any(list(t) != keys or not all(isinstance(v, scalar) for v in t.values()) for t in tasks):
-        return [], []
-    return keys, [[t[k] for k in keys] for t in tasks]
+    flat = all(
+        isinstance(t, dict)
+        and list(t) == keys
+        and all(isinstance(v, (bool, int, float)) for v in t.values())
+        for t in tasks
+    )
+    return (keys, [[t[k] for k in keys] for t in tasks]) if flat else ([], [])
 
 
 def write_per_task(out: Path, curves: dict[str, Curve], tasks: Any = None) -> None:
