@@ -20,6 +20,9 @@
 (3) ``overhead``: :func:`mujoco_overhead_ratio`, env-steps/s of ``RLProblem.collect`` with
     the MAML per-task policy against a bare loop (``SyncVectorEnv.step`` plus one batched
     policy forward) of the same width. Target: >= 0.85.
+(4) ``ant``: :func:`ant_sampling_ratio`, one MAML sampling pass on AntDir (rows end early
+    when the ant becomes unhealthy) with the collector stepping only live sub-envs (the
+    default) against stepping every sub-env until the horizon, in the same run.
 
 Wall-clock times on a shared machine include time the process waits for a core; every
 line therefore also shows the process CPU time (``cpu``), and ``uptime``'s load average is
@@ -27,8 +30,8 @@ printed before and after. CPU time is still inflated by the neighbours' use of t
 caches and memory bandwidth, so compare figures as ratios within one run.
 
 Usage:
-    python benchmarks/maml_iteration.py [--sections nav2d,cheetah,overhead] [--threads 1]
-        [--iterations 3] [--cheetah-tasks 40]
+    python benchmarks/maml_iteration.py [--sections nav2d,cheetah,overhead,ant] [--threads 1]
+        [--iterations 3] [--cheetah-tasks 40] [--ant-tasks 8]
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ import numpy as np
 import torch
 
 from agents.maml import MAMLTRPO, MAMLTRPOConfig, repeat_tasks
-from envs.mujoco_dirvel import HalfCheetahDirEnv
+from envs.mujoco_dirvel import AntDirEnv, HalfCheetahDirEnv
 from envs.nav2d import Nav2DDistribution
 from metarl.problem import RLProblem
 
@@ -238,12 +241,60 @@ def mujoco_overhead_ratio(
     return ratio
 
 
+def _step_every_row(env) -> None:
+    """Makes a gym-backed env ignore ``live``: the pre-session-19 behaviour, as a baseline."""
+    step = env.step
+    env.step = lambda action, live=None: step(action)
+
+
+def ant_sampling_ratio(tasks: int = 8, traj: int = 20, repeats: int = 3) -> float:
+    """Seconds of one AntDir sampling pass, stepping every sub-env / only live ones.
+
+    Both variants sample the same tasks with the same seeds through ``TaskSampler.collect``
+    (the MAML sampler, chunks of 64 rows), so their batches are identical; they differ only
+    in whether rows whose episode ended keep simulating until the horizon. The best of
+    ``repeats`` alternating runs each.
+
+    Returns:
+        The speed-up (time stepping every row / time stepping live rows).
+    """
+    problem = RLProblem(AntDirEnv(), episodes=1, env_factory=AntDirEnv)
+    torch.manual_seed(0)
+    learner = MAMLTRPO(problem, MAMLTRPOConfig(meta_batch_size=tasks, trajectories_per_task=traj))
+    task_list = problem.sample_train_tasks(tasks, 0, 0)
+    params = dict(learner.net.named_parameters())
+
+    def sample(seed: int) -> tuple[float, float, float]:
+        with Clock() as c, torch.no_grad():
+            batch = learner.sampler.collect(
+                learner.net, params, task_list, traj, torch.Generator().manual_seed(seed)
+            )
+        return c.wall, c.cpu, float(batch.valid.sum())
+
+    sample(0)  # warm-up, builds the vector envs
+    live = min(sample(r) for r in range(repeats))
+    for env in problem._envs.values():
+        _step_every_row(env)
+    every = min(sample(r) for r in range(repeats))
+    problem.close()
+    rows = tasks * traj
+    ratio = every[0] / live[0]
+    print(
+        f"(4) AntDir sampling, {tasks} tasks x {traj} trajectories x horizon 200 "
+        f"({live[2]:.0f} of {rows * 200} row-steps live, {live[2] / (rows * 200):.0%}):\n"
+        f"    every row: {every[0]:.2f} s wall ({every[1]:.2f} cpu) | live rows only: "
+        f"{live[0]:.2f} s wall ({live[1]:.2f} cpu) | speed-up {ratio:.2f}x"
+    )
+    return ratio
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sections", default="nav2d,cheetah,overhead")
+    p.add_argument("--sections", default="nav2d,cheetah,overhead,ant")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--iterations", type=int, default=3)
     p.add_argument("--cheetah-tasks", type=int, default=40)
+    p.add_argument("--ant-tasks", type=int, default=8)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(
@@ -257,6 +308,8 @@ def main() -> None:
         bench_cheetah(args.cheetah_tasks, 1)
     if "overhead" in sections:
         mujoco_overhead_ratio()
+    if "ant" in sections:
+        ant_sampling_ratio(args.ant_tasks)
 
 
 if __name__ == "__main__":

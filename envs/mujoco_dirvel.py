@@ -34,9 +34,11 @@ dicts, ``{"direction": ±1.0}`` or ``{"velocity": v*}``, so they pickle to
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import mujoco
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
@@ -278,6 +280,26 @@ class _HalfCheetahTaskEnv(_TaskEnvMixin, HalfCheetahEnv):
             render_mode=render_mode,
         )
         self._init_task_env(horizon, ctor_kwargs)
+
+    def _initialize_simulation(self) -> tuple[mujoco.MjModel, mujoco.MjData]:
+        # v5's half_cheetah.xml sets the total mass with the compiler attribute
+        # ``settotalmass``, which MuJoCo >= 3.3 deprecates: every env construction printed
+        # a warning and appended it to MUJOCO_LOG.TXT in the working directory (80+ per
+        # training run). Compiling without the attribute and applying the call MuJoCo
+        # recommends gives a bit-identical model (tested), without the warning.
+        with open(self.fullpath) as f:
+            xml = f.read()
+        found = re.search(r'\s+settotalmass="([^"]+)"', xml)
+        if found is None:
+            return super()._initialize_simulation()
+        model = mujoco.MjModel.from_xml_string(xml.replace(found.group(0), "", 1))
+        data = mujoco.MjData(model)
+        mujoco.mj_setTotalmass(model, float(found.group(1)))
+        mujoco.mj_setConst(model, data)
+        # As MujocoEnv: grow the offscreen framebuffer to the render size.
+        model.vis.global_.offwidth = max(model.vis.global_.offwidth, self.width)
+        model.vis.global_.offheight = max(model.vis.global_.offheight, self.height)
+        return model, data
 
     def step(self, action):
         action = self._clip_action(action)

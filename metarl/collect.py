@@ -10,6 +10,8 @@ boundaries inside the trial; the policy sees each boundary through ``prev_done``
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 
 from metarl.batch import TrajectoryBatch
@@ -41,6 +43,9 @@ class Collector:
 
     def __init__(self, env: BatchedTaskEnv, max_episode_steps: int | None = None):
         self.env = env
+        # A batched env written against the older ``step(action)`` signature (no ``live``)
+        # still works: it steps every row.
+        self._pass_live = "live" in inspect.signature(env.step).parameters
         self.max_episode_steps = min(
             max_episode_steps or env.max_episode_steps, env.max_episode_steps
         )
@@ -116,7 +121,7 @@ class Collector:
                 generator,
             )
             state = out.state
-            step = env.step(out.action)
+            step = env.step(out.action, live=active) if self._pass_live else env.step(out.action)
             if not bool(torch.isfinite(step.reward).all()):
                 bad = step.reward[~torch.isfinite(step.reward)][0]
                 raise NonFiniteError("reward returned by the env", float(bad))
@@ -143,8 +148,9 @@ class Collector:
             any_done = bool(done.any())  # one host sync per step, reused below
             if t + 1 == t_max or (any_done and not bool(active.any())):
                 break
-            # Reset every row whose episode ended, finished rows too: some backends refuse
-            # to step an ended episode, and finished rows are masked out anyway.
+            # Reset every row whose episode ended, finished rows too: backends that step
+            # every row (tensor envs, AsyncVectorEnv) may refuse to step an ended episode.
+            # Backends that skip finished rows (``live``) see them end only at the horizon.
             obs = env.reset(mask=done) if any_done else step.obs
             episode_step = torch.where(done, 0, episode_step + 1)
             episode_start = done

@@ -72,8 +72,17 @@ class BatchedTaskEnv(abc.ABC):
         """
 
     @abc.abstractmethod
-    def step(self, action: torch.Tensor) -> EnvStep:
-        """Advances every row by one step. Rows are never reset here."""
+    def step(self, action: torch.Tensor, live: torch.Tensor | None = None) -> EnvStep:
+        """Advances the rows by one step. Rows are never reset here.
+
+        Args:
+            action: One action per row.
+            live: ``[B]`` bool, the rows whose result the caller will use (None: all).
+                A backend may skip the other rows, which is worth it when each row is a
+                separate simulator (:class:`GymVectorTaskEnv`): a skipped row keeps its
+                observation and reports reward 0, not terminated, not truncated. Tensor
+                envs step every row anyway, as one op over all rows costs the same.
+        """
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Releases resources (worker processes); tensor envs have none."""
@@ -110,7 +119,7 @@ class TensorTaskEnv(BatchedTaskEnv):
         self.elapsed = torch.where(mask, 0, self.elapsed)
         return self._reset_rows(mask)
 
-    def step(self, action: torch.Tensor) -> EnvStep:
+    def step(self, action: torch.Tensor, live: torch.Tensor | None = None) -> EnvStep:
         obs, reward, terminated = self._step(action)
         self.elapsed = self.elapsed + 1
         truncated = (self.elapsed >= self.max_episode_steps) & ~terminated
@@ -261,16 +270,50 @@ class GymVectorTaskEnv(BatchedTaskEnv):
         self._obs = torch.where(mask.view(-1, *([1] * (new.dim() - 1))), new, self._obs)
         return self._obs
 
-    def step(self, action: torch.Tensor) -> EnvStep:
+    def step(self, action: torch.Tensor, live: torch.Tensor | None = None) -> EnvStep:
         act = action.detach().cpu().numpy()
-        obs, reward, terminated, truncated, _ = self.vec.step(act)
-        self._obs = self._obs_tensor(obs)
+        sub_envs = getattr(self.vec, "envs", None)  # None for AsyncVectorEnv
+        rows = None if live is None or sub_envs is None else live.cpu().numpy()
+        if rows is None or rows.all():
+            obs, reward, terminated, truncated, _ = self.vec.step(act)
+            self._obs = self._obs_tensor(obs)
+        else:
+            reward, terminated, truncated = self._step_rows(sub_envs, act, rows)
         return EnvStep(
             obs=self._obs,
             reward=torch.as_tensor(reward, dtype=torch.float32, device=self.device),
             terminated=torch.as_tensor(terminated, device=self.device),
             truncated=torch.as_tensor(truncated, device=self.device),
         )
+
+    def _step_rows(
+        self, sub_envs: list[gym.Env], act: np.ndarray, rows: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Steps only the sub-envs of ``rows``; the others keep their last observation.
+
+        Why: a trial that has ended early (an Ant that fell, a finished row waiting for the
+        slowest row) would otherwise keep simulating physics nobody reads, which was most
+        of an Ant iteration's sampling. ``SyncVectorEnv.step`` has no row mask, so this
+        steps its sub-envs directly; with autoreset disabled it keeps no per-step state
+        that this bypasses (its ``reset(reset_mask)`` observations are merged with
+        ``self._obs`` in :meth:`reset`).
+        """
+        n = self.num_envs
+        reward = np.zeros(n, dtype=np.float32)
+        terminated = np.zeros(n, dtype=bool)
+        truncated = np.zeros(n, dtype=bool)
+        index = np.flatnonzero(rows)
+        new_obs = []
+        for i in index:
+            obs_i, reward[i], terminated[i], truncated[i], _ = sub_envs[i].step(act[i])
+            new_obs.append(np.asarray(obs_i, dtype=np.float32))
+        # Not in place: the collector may still hold the previous observation tensor.
+        self._obs = self._obs.clone()
+        if len(index):
+            self._obs[torch.as_tensor(index, device=self.device)] = self._obs_tensor(
+                np.stack(new_obs)
+            )
+        return reward, terminated, truncated
 
     def close(self) -> None:
         self.vec.close()

@@ -9,6 +9,7 @@ from metarl.collect import Collector
 from metarl.policy import PolicyStep
 from metarl.problem import RLProblem
 from metarl.testing import CountingDistribution
+from metarl.vector import BatchedEnvView
 
 
 class RecordingPolicy:
@@ -140,6 +141,63 @@ def test_gym_adapter_with_time_limited_user_env():
     assert batch.num_steps == 10
     assert batch.truncated[:, 0].tolist() == [t % 5 == 4 for t in range(10)]
     assert batch.episode_start[5].all() and batch.obs[5].eq(0).all()  # reset by the collector
+
+
+class CountedCountingEnv(BatchedEnvView):
+    """The ragged counting env as a gymnasium env that counts its ``step`` calls."""
+
+    calls = 0  # class-wide: summed over the sub-envs of a SyncVectorEnv
+
+    def __init__(self):
+        super().__init__(CountingDistribution(episode_length=4, terminate=True, ragged=True))
+
+    def step(self, action):
+        CountedCountingEnv.calls += 1
+        return super().step(action)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True])
+def test_gym_backend_steps_only_live_rows_and_matches_tensor_env(asynchronous):
+    # Ragged trials: odd offsets end one step earlier, so finished rows wait 3 steps for
+    # the others. SyncVectorEnv must not simulate them; AsyncVectorEnv steps every row.
+    # Either way the batch must equal the tensor env's on every field of every valid step
+    # (the padding after a trial's end holds no defined observation).
+    dist = CountingDistribution(episode_length=4, terminate=True, ragged=True)
+    tasks = dist.sample_tasks(6, np.random.default_rng(1))
+    tensor = RLProblem(dist, 3).collect(RecordingPolicy(), tasks, torch.Generator().manual_seed(0))
+    gym_problem = RLProblem(
+        CountedCountingEnv(), 3, env_factory=CountedCountingEnv, asynchronous=asynchronous
+    )
+    CountedCountingEnv.calls = 0
+    batch = gym_problem.collect(RecordingPolicy(), tasks.unbind(), torch.Generator().manual_seed(0))
+    calls = CountedCountingEnv.calls
+    gym_problem.close()
+    assert torch.equal(batch.valid, tensor.valid)
+    for field in TrajectoryBatch.__dataclass_fields__:
+        ours, theirs = getattr(batch, field)[batch.valid], getattr(tensor, field)[tensor.valid]
+        assert torch.equal(ours, theirs), field
+    valid = int(batch.valid.sum())
+    assert valid == 3 * (3 * 4 + 3 * 3)  # three rows of length 12, three of 9
+    if not asynchronous:
+        assert calls == valid  # no physics for finished rows
+    else:
+        assert calls == 0  # sub-envs step in worker processes, not counted here
+
+
+def test_env_without_live_argument_still_collects():
+    from metarl.testing import CountingEnv
+
+    class OldStyleEnv(CountingEnv):
+        def step(self, action):  # the signature before ``live`` existed
+            return super().step(action)
+
+    dist = CountingDistribution(episode_length=4, terminate=True, ragged=True)
+    tasks = dist.sample_tasks(4, np.random.default_rng(0))
+    old = OldStyleEnv(4, 4, terminate=True, ragged=True)
+    a = Collector(old).collect(RecordingPolicy(), tasks, 3, torch.Generator().manual_seed(0))
+    b, _ = collect(dist, rows=4, episodes=3)
+    for field in TrajectoryBatch.__dataclass_fields__:
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
 
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])

@@ -41,8 +41,9 @@ ANT_ACTION = np.array([0.3, -0.2, 0.4, 0.1, -1.6, 0.05, 0.0, 0.2], dtype=np.floa
 
 @pytest.fixture(autouse=True)
 def _quiet_mujoco_warnings(tmp_path, monkeypatch):
-    # MuJoCo appends compiler warnings (v5's half_cheetah.xml uses the deprecated
-    # settotalmass) to MUJOCO_LOG.TXT in the working directory: keep it out of the repo.
+    # MuJoCo appends compiler warnings (plain v5's half_cheetah.xml, built by some tests,
+    # uses the deprecated settotalmass) to MUJOCO_LOG.TXT in the working directory: keep
+    # it out of the repo.
     monkeypatch.chdir(tmp_path)
     # gymnasium's checkers warn about infinite observation bounds (v5's own spaces).
     with warnings.catch_warnings():
@@ -221,6 +222,22 @@ def test_halfcheetah_velocity_and_obs_match_plain_v5():
     np.testing.assert_allclose(obs, obs_v5, rtol=0, atol=0)
     assert info["x_velocity"] == pytest.approx(info_v5["x_velocity"], rel=1e-12)
     assert obs.shape == ours.observation_space.shape == (17,)
+    ours.close()
+    v5.close()
+
+
+@pytest.mark.parametrize("cls", [HalfCheetahDirEnv, HalfCheetahVelEnv])
+def test_halfcheetah_model_equals_v5_without_the_settotalmass_warning(cls, capfd, tmp_path):
+    ours = cls()
+    out, err = capfd.readouterr()
+    assert "settotalmass" not in out + err
+    assert not (tmp_path / "MUJOCO_LOG.TXT").exists()
+    v5 = HalfCheetahEnv()  # compiles the XML as is (and may warn)
+    arrays = [n for n in dir(v5.model) if isinstance(getattr(v5.model, n, None), np.ndarray)]
+    assert "body_mass" in arrays and len(arrays) > 100
+    for name in arrays:
+        np.testing.assert_array_equal(getattr(ours.model, name), getattr(v5.model, name), name)
+    assert ours.model.body_mass.sum() == pytest.approx(14.0)
     ours.close()
     v5.close()
 
