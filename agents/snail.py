@@ -40,6 +40,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 Cache = tuple[Any, ...]
@@ -113,12 +114,16 @@ class DenseBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[T, B, C] -> [T, B, C + F]``."""
         t, d = x.shape[0], self.dilation
-        z = self.tap_now(x)
+        # Both taps in one product over the whole input (as in step_new): x is read once,
+        # and backward sums two gradients into it instead of three. The past tap applied
+        # to x[s] lands on output s + d; outputs before d see the zero padding (the past
+        # tap has no bias). Shifting the 2F-wide product rather than slicing the C-wide
+        # input spares backward a zero-filled C-wide gradient per block.
+        weight = torch.cat([self.tap_now.weight, self.tap_past.weight])
+        z, past = F.linear(x, weight).split(2 * self.filters, dim=-1)
+        z = z + self.tap_now.bias
         if t > d:
-            # The past tap applied to x[s] lands on output s + d; outputs before d see the
-            # zero padding (the past tap has no bias). Shifting the 2F-wide product rather
-            # than the C-wide input saves a copy and the products of the padding.
-            z = torch.cat([z[:d], z[d:] + self.tap_past(x[: t - d])], dim=0)
+            z = z + F.pad(past[: t - d], (0, 0, 0, 0, d, 0))
         return torch.cat([x, self._gate(z)], dim=-1)
 
     def branches(
@@ -257,10 +262,18 @@ class AttentionBlock(nn.Module):
         in_channels: Channels ``C`` of the input.
         key_size: Size of queries and keys.
         value_size: Size of values; the block outputs ``C + value_size``.
+
+    Attributes:
+        fused: The whole-sequence path uses torch's fused causal attention kernel (the
+            default; ~7x faster forward + backward at T = 1000). Its backward cannot be
+            differentiated again, so second-order methods (TRPO's Hessian-vector products)
+            need ``False``: plain matrix products and a masked softmax, same numbers up to
+            float rounding. See :func:`set_fused_attention`.
     """
 
     def __init__(self, in_channels: int, key_size: int, value_size: int) -> None:
         super().__init__()
+        self.fused = True
         if in_channels < 1 or key_size < 1 or value_size < 1:
             raise ValueError("in_channels, key_size and value_size must be >= 1")
         self.in_channels = in_channels
@@ -288,13 +301,25 @@ class AttentionBlock(nn.Module):
         q = self.query(x).transpose(0, 1)  # [B, T, K]
         k = self.key(x).transpose(0, 1)
         v = self.value(x).transpose(0, 1)  # [B, T, V]
-        scores = torch.bmm(q, k.transpose(1, 2)) / self._scale  # [B, T(query), T(key)]
-        future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
-        # -inf gives future keys a weight of exactly 0: outputs before t cannot move when
-        # an input at t changes. The diagonal is never masked, so no row is all -inf.
-        probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
-        read = torch.bmm(probs, v).transpose(0, 1)  # [T, B, V]
-        return torch.cat([x, read], dim=-1), k, v
+        if self.fused:
+            # torch's fused causal attention (a flash kernel on CPU and CUDA) never builds
+            # the [T, T] score matrix: forward + backward at T = 1000 took 0.15 s against
+            # 1.0 s for the products below. Future keys are skipped, not down-weighted.
+            read = F.scaled_dot_product_attention(
+                q.unsqueeze(1),
+                k.unsqueeze(1),
+                v.unsqueeze(1),
+                is_causal=True,
+                scale=1 / self._scale,
+            ).squeeze(1)
+        else:
+            scores = torch.bmm(q, k.transpose(1, 2)) / self._scale  # [B, T(query), T(key)]
+            future = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
+            # -inf gives future keys a weight of exactly 0: outputs before t cannot move
+            # when an input at t changes. The diagonal is never masked: no row is all -inf.
+            probs = torch.softmax(scores.masked_fill(future, float("-inf")), dim=-1)
+            read = torch.bmm(probs, v)
+        return torch.cat([x, read.transpose(0, 1)], dim=-1), k, v
 
     def branches(
         self, prefix: torch.Tensor, ends: torch.Tensor
@@ -383,6 +408,13 @@ class AttentionBlock(nn.Module):
         read = torch.bmm(probs.unsqueeze(1), seen_v).squeeze(1)  # [B, V]
         position += 1
         return read, (keys, values, position)
+
+
+def set_fused_attention(module: nn.Module, fused: bool) -> None:
+    """Sets :attr:`AttentionBlock.fused` on every attention block inside ``module``."""
+    for m in module.modules():
+        if isinstance(m, AttentionBlock):
+            m.fused = fused
 
 
 @dataclasses.dataclass(frozen=True)
@@ -723,4 +755,7 @@ class SNAIL(ContextLearner):
                 value_size=c.value_size,
             )
         )
-        return SNAILSequenceModel(input_size, sequence_length, net)
+        model = SNAILSequenceModel(input_size, sequence_length, net)
+        # TRPO differentiates the policy's gradient again (Fisher-vector products).
+        set_fused_attention(model, self.config.optimizer != "trpo")
+        return model

@@ -76,10 +76,38 @@ def test_tc_block_causal_and_covers_the_sequence(t):
     _assert_causal(block, _rand(9, 2, 3), t)
 
 
+@pytest.mark.parametrize("fused", [True, False])
 @pytest.mark.parametrize("t", [0, 2, 6])
-def test_attention_block_causal(t):
+def test_attention_block_causal(t, fused):
     torch.manual_seed(2)
-    _assert_causal(AttentionBlock(3, 5, 4), _rand(7, 2, 3), t)
+    block = AttentionBlock(3, 5, 4)
+    block.fused = fused
+    _assert_causal(block, _rand(7, 2, 3), t)
+
+
+def test_fused_and_plain_attention_agree_in_value_and_gradient():
+    torch.manual_seed(10)
+    model = SNAILSequenceModel(6, 40, SMALL)
+    x = _rand(40, 3, 6, seed=10)
+    results = []
+    for fused in (True, False):
+        snail.set_fused_attention(model, fused)
+        model.zero_grad()
+        y = model(x)
+        y.square().sum().backward()
+        results.append((y.detach(), [p.grad.clone() for p in model.parameters()]))
+    (y_fused, g_fused), (y_plain, g_plain) = results
+    torch.testing.assert_close(y_fused, y_plain, rtol=1e-5, atol=1e-5)
+    for a, b in zip(g_fused, g_plain, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_plain_attention_is_twice_differentiable_for_trpo():
+    torch.manual_seed(11)
+    block = AttentionBlock(2, 3, 2).double()
+    block.fused = False
+    x = torch.randn(4, 2, 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda inp: block(inp), (x,))
 
 
 @pytest.mark.parametrize("t", [0, 5, 12])
