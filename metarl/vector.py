@@ -294,9 +294,10 @@ class GymVectorTaskEnv(BatchedTaskEnv):
         Why: a trial that has ended early (an Ant that fell, a finished row waiting for the
         slowest row) would otherwise keep simulating physics nobody reads, which was most
         of an Ant iteration's sampling. ``SyncVectorEnv.step`` has no row mask, so this
-        steps its sub-envs directly; with autoreset disabled it keeps no per-step state
-        that this bypasses (its ``reset(reset_mask)`` observations are merged with
-        ``self._obs`` in :meth:`reset`).
+        steps its sub-envs directly. What that bypasses is harmless: its stored
+        observations (:meth:`reset` merges only the reset rows into ``self._obs``) and its
+        ended-episode flags (set by its own steps, cleared by resets; within a collection
+        every row that ended in a full step is reset before the next step).
         """
         n = self.num_envs
         reward = np.zeros(n, dtype=np.float32)
