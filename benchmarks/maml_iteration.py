@@ -242,7 +242,7 @@ def mujoco_overhead_ratio(
 
 
 def _step_every_row(env) -> None:
-    """Makes a gym-backed env ignore ``live``: the pre-session-19 behaviour, as a baseline."""
+    """Makes a gym-backed env ignore ``live``: the collector's former behaviour, as a baseline."""
     step = env.step
     env.step = lambda action, live=None: step(action)
 
@@ -253,7 +253,7 @@ def ant_sampling_ratio(tasks: int = 8, traj: int = 20, repeats: int = 3) -> floa
     Both variants sample the same tasks with the same seeds through ``TaskSampler.collect``
     (the MAML sampler, chunks of 64 rows), so their batches are identical; they differ only
     in whether rows whose episode ended keep simulating until the horizon. The best of
-    ``repeats`` alternating runs each.
+    ``repeats`` runs each (live rows first, then every row).
 
     Returns:
         The speed-up (time stepping every row / time stepping live rows).
