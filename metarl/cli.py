@@ -69,6 +69,11 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--device", help="cpu or cuda")
     t.add_argument("--logdir", help="run directory (default runs/ALGO-ENV-seedN-TIME)")
     t.add_argument("--resume", action="store_true", help="continue the run in --logdir")
+    t.add_argument(
+        "--init-from",
+        metavar="CHECKPOINT",
+        help="warm start from another run's checkpoint or run directory (train.init_from)",
+    )
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     e = sub.add_parser("eval", help="meta-test a trained run: adaptation curves and baselines")
@@ -134,10 +139,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not args.logdir:
             raise UsageError("--resume needs --logdir RUN_DIR")
-        if args.config or args.sets or args.seed is not None:
+        if args.config or args.sets or args.seed is not None or args.init_from:
             raise UsageError(
                 "--resume takes its configuration from RUN_DIR/config.yaml; "
-                "drop --config/--set/--seed "
+                "drop --config/--set/--seed/--init-from "
                 "(only --iterations, --max-minutes and --device may change)"
             )
         cfg_path = Path(args.logdir) / "config.yaml"
@@ -153,6 +158,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "iterations": args.iterations,
         "device": args.device,
         "max_minutes": args.max_minutes,
+        "init_from": args.init_from,
     }
     config, env_cls, learner_cls = build_run_config(
         args.algo,
@@ -167,6 +173,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     # and `--resume` work from any working directory.
     config.environment = _absolute_target(config.environment)
     config.algorithm = _absolute_target(config.algorithm)
+    if config.train.init_from and not args.resume:
+        config.train.init_from = str(Path(config.train.init_from).expanduser().resolve())
     if args.logdir:
         run_dir = Path(args.logdir)
     else:

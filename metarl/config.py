@@ -115,6 +115,11 @@ class TrainConfig:
     """Ray cluster address for ``sampler=ray`` (None: start or join a local cluster)."""
     worker_timeout: float = 300.0
     """Seconds to wait for one shard of trajectories before declaring its worker dead."""
+    init_from: str | None = None
+    """Warm start: a checkpoint file, or a run directory (its ``checkpoints/last.pt``),
+    whose parameters initialise the learner. The algorithm must be the same and the
+    networks the same shape; env and algorithm options may differ (e.g. fine-tune with a
+    smaller entropy bonus). The optimiser state and the iteration count start afresh."""
 
     def __post_init__(self) -> None:
         minimum = {
@@ -140,6 +145,10 @@ class TrainConfig:
         if self.nan_policy not in ("stop", "skip"):
             raise ValueError(
                 f"train.nan_policy must be 'stop' or 'skip', got {short_repr(self.nan_policy)}"
+            )
+        if self.init_from is not None and not isinstance(self.init_from, str):
+            raise ValueError(
+                f"train.init_from must be a checkpoint path, got {short_repr(self.init_from)}"
             )
         if not DEVICE_PATTERN.fullmatch(self.device):
             raise ValueError(f"train.device must be cpu or cuda[:N], got {short_repr(self.device)}")

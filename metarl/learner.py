@@ -99,6 +99,17 @@ class Learner(abc.ABC):
     @abc.abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """Warm start: takes ``state``'s parameters, keeps this learner's optimiser state.
+
+        ``state`` is another run's :meth:`state_dict`. Only its ``"model"`` entry is used,
+        so a fine-tune starts with fresh optimiser moments (and its own learning rate).
+
+        Raises:
+            KeyError, RuntimeError, ValueError: If the parameters do not fit this learner.
+        """
+        self.load_state_dict({**self.state_dict(), "model": state["model"]})
+
     def parameters_vector(self) -> torch.Tensor:
         """All trainable parameters as one flat vector (resume/determinism checks)."""
         tensors = [v.reshape(-1).float() for v in _tensors(self.state_dict().get("model", {}))]

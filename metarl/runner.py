@@ -188,6 +188,10 @@ class Runner:
         self.resume = resume
         if resume:
             self._load_for_resume()
+        # A warm-started run that is resumed before its first checkpoint starts over, so it
+        # must take the warm-start weights again to be the run it would have been.
+        if config.train.init_from and self.start_iteration == 0:
+            self._warm_start(Path(config.train.init_from))
         #: Iteration count stored in the newest checkpoint on disk (what a resume restarts at).
         self.checkpointed = self.start_iteration
         self._lock_file: Any = None
@@ -229,6 +233,30 @@ class Runner:
                 f"train.iterations={self.config.train.iterations}; "
                 f"pass --iterations {self.start_iteration} or more"
             )
+
+    def _warm_start(self, path: Path) -> None:
+        """Initialises the learner's parameters from another run (``train.init_from``)."""
+        if path.is_dir():
+            path = path / CHECKPOINT
+        state = load_checkpoint(path, map_location=self.device)
+        saved = state.get("config")
+        algorithm = saved.get("algorithm") if isinstance(saved, dict) else None
+        if algorithm is not None and algorithm != self.config.algorithm:
+            raise CheckpointError(
+                f"train.init_from: {path} was trained by {algorithm!r}, "
+                f"this run is {self.config.algorithm!r}"
+            )
+        try:
+            self.learner.load_weights(state["learner"])
+        except (KeyError, RuntimeError, ValueError, TypeError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise CheckpointError(
+                f"train.init_from: {path} does not fit this run's learner: {first}"
+            ) from None
+        print(
+            f"metarl: initialised from {path} (iteration {state.get('iteration', '?')})",
+            flush=True,
+        )
 
     def _status(self, status: str, **extra: Any) -> None:
         # pid and time tell a reader whether "running" is current: a SIGKILLed process

@@ -470,3 +470,51 @@ def test_entropy_and_lr_schedules_are_linear_and_logged(tmp_path, capsys):
     assert run(["train", "rl2", "bandit", "--iterations", "2", "--logdir", str(plain), *SMALL],
                capsys)[0] == 0  # fmt: skip
     assert "meta_train/lr" not in read_csv(plain / "metrics.csv")[0]
+
+
+def test_init_from_warm_starts_parameters_not_optimiser(tmp_path, capsys):
+    from metarl import registry
+    from metarl.config import build_run_config
+    from metarl.runner import Runner
+
+    src = tmp_path / "src"
+    args = ["train", "rl2", "bandit", "--iterations", "2", "--logdir", str(src), *SMALL]
+    assert run(args, capsys)[0] == 0
+    trained = load_checkpoint(src / "checkpoints/last.pt")["learner"]
+    sets = ["algo.trials_per_iteration=8", "algo.hidden_size=8", "algo.lr=0.01"]
+    config, env_cls, learner_cls = build_run_config(
+        "rl2", "bandit", {}, sets, {"init_from": str(src)}, registry.resolve_env,
+        registry.resolve_algo,
+    )  # fmt: skip
+    runner = Runner(tmp_path / "warm", config, env_cls, learner_cls, progress=False)
+    try:
+        state = runner.learner.state_dict()
+        for key, value in trained["model"].items():
+            assert torch.equal(state["model"][key], value), key
+        assert state["optimizer"]["state"] == {}  # fresh moments
+        assert state["optimizer"]["param_groups"][0]["lr"] == 0.01  # this run's options
+        assert runner.start_iteration == 0
+    finally:
+        runner.close()
+    assert "initialised from" in capsys.readouterr().out
+
+
+def test_init_from_errors_are_one_line(tmp_path, capsys):
+    src = tmp_path / "src"
+    args = ["train", "rl2", "bandit", "--iterations", "1", "--logdir", str(src), *SMALL]
+    assert run(args, capsys)[0] == 0
+    cases = [
+        (["rl2", "bandit", "--set", "algo.hidden_size=16"], "does not fit this run's learner"),
+        (["snail", "bandit"], "was trained by 'rl2', this run is 'snail'"),
+    ]
+    for i, (head, message) in enumerate(cases):
+        argv = ["train", *head, "--iterations", "1", "--logdir", str(tmp_path / f"w{i}")]
+        code, _, err = run([*argv, "--init-from", str(src), "--no-progress"], capsys)
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    code, _, err = run(
+        ["train", "rl2", "bandit", "--init-from", str(tmp_path / "nowhere"), "--no-progress"],
+        capsys,
+    )
+    assert code == 2 and "no checkpoint at" in err, err
+    code, _, err = run(["train", "--resume", "--logdir", str(src), "--init-from", str(src)], capsys)
+    assert code == 2 and "--init-from" in err, err

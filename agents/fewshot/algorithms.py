@@ -119,6 +119,11 @@ class FewShotAlgorithm(Learner):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.learner.load_state_dict(state["model"])
 
+    def load_weights(self, state: dict[str, Any]) -> None:
+        # The networks only: the optimiser, step counter and schedules start afresh.
+        fresh = self.learner.state_dict()
+        self.learner.load_state_dict({**fresh, "nets": state["model"]["nets"]})
+
     def save_figures(self, out_dir: Any, tasks: Any) -> None:
         """Sinusoid fits (the MAML / Meta-SGD figure) for gradient-based regressors."""
         if self.problem.regression and self.learner.gradient_based:
