@@ -11,6 +11,7 @@ import pytest
 
 from metarl import registry
 from metarl.config import build_run_config, load_yaml
+from metarl.runner import CHECKPOINT
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "experiments").glob("*.yaml"))
@@ -38,4 +39,4 @@ def test_experiment_config_validates(path: Path):
     if config.train.init_from:
         # Warm-start sources are committed runs, named relative to the repository root.
         source = ROOT / config.train.init_from
-        assert (source / "checkpoints" / "last.pt").is_file(), source
+        assert (source / CHECKPOINT).is_file(), source
