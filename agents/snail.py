@@ -453,20 +453,31 @@ class SNAILStack(nn.Module):
 
     Args:
         in_channels: Channels of the input sequence.
-        sequence_length: Longest sequence ``T``; sets the TC depth and the attention caches'
-            initial capacity.
+        sequence_length: Longest sequence ``T``; sets the attention caches' initial
+            capacity and, unless ``tc_span`` is given, the TC depth.
         blocks: The stack, e.g. ``(TCSpec(32), TCSpec(32), AttentionSpec(32, 32))``.
+        tc_span: Steps the TC blocks' receptive field must cover (``ceil(log2 tc_span)``
+            dense blocks each); ``None`` means ``sequence_length``. A span shorter than the
+            sequence keeps the convolutions local and leaves the far past to attention,
+            which is what lets a stack trained on short trials be reused on longer ones.
     """
 
-    def __init__(self, in_channels: int, sequence_length: int, blocks: Sequence[BlockSpec]) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        sequence_length: int,
+        blocks: Sequence[BlockSpec],
+        tc_span: int | None = None,
+    ) -> None:
         super().__init__()
         self.in_channels = in_channels
         self.sequence_length = sequence_length
+        self.tc_span = sequence_length if tc_span is None else tc_span
         layers: list[nn.Module] = []
         channels = in_channels
         for spec in blocks:
             if isinstance(spec, TCSpec):
-                layer: TCBlock | AttentionBlock = TCBlock(channels, sequence_length, spec.filters)
+                layer: TCBlock | AttentionBlock = TCBlock(channels, self.tc_span, spec.filters)
             elif isinstance(spec, AttentionSpec):
                 layer = AttentionBlock(channels, spec.key_size, spec.value_size)
             else:
@@ -613,13 +624,15 @@ class SNAILSequenceModel(nn.Module):
     Attributes:
         output_size: Channels of the features: the embedded input plus everything the
             TC and attention blocks add (all blocks concatenate to their input).
-        sequence_length: Maximum trial length ``T`` (number of TC dilation levels).
+        sequence_length: Maximum trial length ``T``.
 
     Args:
         input_size: Size of ``x[t]``.
         sequence_length: Maximum trial length ``T``. Longer sequences still work (the
             attention caches grow), but the convolutions see at most ``T`` steps back.
         config: Hyperparameters; defaults to the paper's bandit/MDP policy network.
+        tc_span: Receptive field of the TC blocks (see :class:`SNAILStack`); ``None``
+            means ``sequence_length``.
 
     Example:
         >>> import torch
@@ -636,7 +649,11 @@ class SNAILSequenceModel(nn.Module):
     """
 
     def __init__(
-        self, input_size: int, sequence_length: int, config: SNAILConfig | None = None
+        self,
+        input_size: int,
+        sequence_length: int,
+        config: SNAILConfig | None = None,
+        tc_span: int | None = None,
     ) -> None:
         super().__init__()
         self.config = config or SNAILConfig()
@@ -651,7 +668,7 @@ class SNAILSequenceModel(nn.Module):
                 _ACTIVATIONS[self.config.embed_activation](),
             )
             channels = self.config.embed_size
-        self.stack = SNAILStack(channels, sequence_length, self.config.block_specs())
+        self.stack = SNAILStack(channels, sequence_length, self.config.block_specs(), tc_span)
         self.output_size: int = self.stack.out_channels
 
     def initial_state(self, batch_size: int, device: torch.device | str | None = None) -> Cache:
@@ -721,12 +738,20 @@ class SNAILAgentConfig(ContextConfig):
     """Attention value size (policy network)."""
     critic_width: int = 16
     """filters = key = value size of the separate value network (TRPO only)."""
+    tc_span: int | None = None
+    """Steps the TC blocks' receptive field covers (``ceil(log2 tc_span)`` dense blocks
+    each); ``None`` means the whole trial. Attention still sees the whole trial either way.
+    Set it to the shorter trial's length to warm-start from a run on shorter trials (e.g.
+    500 for large mazes from a small-maze run): the TC depth, and so the weights' shapes,
+    then match."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for name in ("embed_size", "filters", "key_size", "value_size", "critic_width"):
             if getattr(self, name) < 1:
                 raise ValueError(f"algo.{name} must be >= 1, got {getattr(self, name)}")
+        if self.tc_span is not None and self.tc_span < 1:
+            raise ValueError(f"algo.tc_span must be >= 1 or null, got {self.tc_span}")
 
 
 class SNAIL(ContextLearner):
@@ -755,7 +780,7 @@ class SNAIL(ContextLearner):
                 value_size=c.value_size,
             )
         )
-        model = SNAILSequenceModel(input_size, sequence_length, net)
+        model = SNAILSequenceModel(input_size, sequence_length, net, tc_span=c.tc_span)
         # TRPO differentiates the policy's gradient again (Fisher-vector products).
         set_fused_attention(model, self.config.optimizer != "trpo")
         return model

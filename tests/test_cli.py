@@ -499,6 +499,32 @@ def test_init_from_warm_starts_parameters_not_optimiser(tmp_path, capsys):
     assert "initialised from" in capsys.readouterr().out
 
 
+def test_snail_warm_starts_onto_longer_trials_with_tc_span(tmp_path, capsys):
+    """SNAIL's TC depth follows the trial length, so a run on longer trials takes a
+    shorter run's weights only when ``algo.tc_span`` pins the depth (the maze curriculum)."""
+    tiny = ["--set", "algo.trials_per_iteration=8", "--set", "algo.filters=4",
+            "--set", "algo.key_size=4", "--set", "algo.value_size=4",
+            "--set", "algo.embed_size=4", "--set", "train.eval_tasks=4",
+            "--set", "train.eval_every=2", "--no-progress"]  # fmt: skip
+    src = tmp_path / "short"
+    argv = ["train", "snail", "bandit", "--set", "trial.episodes=8", "--iterations", "1"]
+    assert run([*argv, "--logdir", str(src), *tiny], capsys)[0] == 0
+    longer = ["train", "snail", "bandit", "--set", "trial.episodes=40", "--iterations", "1"]
+    code, _, err = run([*longer, "--logdir", str(tmp_path / "a"), "--init-from", str(src), *tiny],
+                       capsys)  # fmt: skip
+    assert code == 2 and "does not fit this run's learner" in err, err
+    code, out, err = run(
+        [*longer, "--logdir", str(tmp_path / "b"), "--init-from", str(src), "--set",
+         "algo.tc_span=8", *tiny],
+        capsys,
+    )  # fmt: skip
+    assert code == 0, err
+    assert "initialised from" in out
+    warm = load_checkpoint(tmp_path / "b/checkpoints/last.pt")["learner"]["model"]
+    cold = load_checkpoint(src / "checkpoints/last.pt")["learner"]["model"]
+    assert warm.keys() == cold.keys()
+
+
 def test_init_from_errors_are_one_line(tmp_path, capsys):
     src = tmp_path / "src"
     args = ["train", "rl2", "bandit", "--iterations", "1", "--logdir", str(src), *SMALL]

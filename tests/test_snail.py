@@ -130,6 +130,26 @@ def test_model_step_equals_forward(T):
     torch.testing.assert_close(stepped, full, atol=1e-5, rtol=0)
 
 
+def test_tc_span_sets_depth_apart_from_sequence_length():
+    """A TC span shorter than the trial: fewer dense blocks, same shapes for any length,
+    still causal, and step() still equals forward() past the span."""
+    torch.manual_seed(6)
+    short = SNAILSequenceModel(6, 16, SMALL)
+    long = SNAILSequenceModel(6, 40, SMALL, tc_span=16)
+    tc_depths = [len(layer.blocks) for layer in long.stack.layers if isinstance(layer, TCBlock)]
+    assert tc_depths == [num_dense_blocks(16)] * SMALL.num_tc_blocks == [4, 4]
+    assert long.stack.sequence_length == 40 and long.stack.tc_span == 16
+    # Same parameter shapes as the 16-step model, so its weights load as they are.
+    long.load_state_dict(short.state_dict())
+    x = _rand(40, 3, 6, seed=40)
+    with torch.no_grad():
+        full = long(x)
+        torch.testing.assert_close(full[:16], short(x[:16]))
+    stepped = _step_all(long, x, long.initial_state(3, torch.device("cpu")))
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=0)
+    _assert_causal(long, x, 25)
+
+
 def test_model_step_equals_forward_with_paper_defaults_and_prefixes():
     """Default config; also step() over a prefix equals forward() of that prefix."""
     torch.manual_seed(5)
