@@ -760,6 +760,16 @@ class SNAIL(ContextLearner):
     config_cls = SNAILAgentConfig
     description = "SNAIL: temporal convolutions + causal attention over the trial; PPO or TRPO"
 
+    def mismatch_hint(self, problem: str) -> str:
+        # A different number of dense blocks shows up as missing or unexpected
+        # ``...blocks.N...`` keys; it is almost always a different trial length.
+        if ".blocks." in problem and ("Missing key" in problem or "Unexpected key" in problem):
+            return (
+                "SNAIL's TC depth follows the trial length; to start from a run on shorter "
+                "trials, set algo.tc_span to that run's trial length"
+            )
+        return ""
+
     def build_trunk(self, input_size: int, sequence_length: int, value: bool = False) -> nn.Module:
         c = self.config
         width = c.critic_width

@@ -110,6 +110,12 @@ class Learner(abc.ABC):
         """
         self.load_state_dict({**self.state_dict(), "model": state["model"]})
 
+    def mismatch_hint(self, problem: str) -> str:
+        """What to change when another run's weights do not fit (``problem`` is torch's
+        line naming the missing, unexpected or mis-shaped parameters); ``""`` if nothing
+        specific. Shown after the warm-start error."""
+        return ""
+
     def parameters_vector(self) -> torch.Tensor:
         """All trainable parameters as one flat vector (resume/determinism checks)."""
         tensors = [v.reshape(-1).float() for v in _tensors(self.state_dict().get("model", {}))]

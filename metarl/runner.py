@@ -148,6 +148,20 @@ def mean_curve_metrics(
     }
 
 
+def _load_problem(error: Exception, limit: int = 200) -> str:
+    """The informative line of a ``load_state_dict`` error, shortened to one line.
+
+    torch's message starts with a generic header ("Error(s) in loading state_dict for
+    ...:") and lists the missing, unexpected or mis-shaped parameters below it.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    header = len(lines) > 1 and lines[0].startswith("Error(s) in loading")
+    problem = lines[1] if header else lines[0]
+    return problem if len(problem) <= limit else problem[: limit - 1] + "…"
+
+
 class Runner:
     """Runs (or resumes) meta-training in ``run_dir``.
 
@@ -249,9 +263,11 @@ class Runner:
         try:
             self.learner.load_weights(state["learner"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            problem = _load_problem(e)
+            hint = self.learner.mismatch_hint(problem)
             raise CheckpointError(
-                f"train.init_from: {path} does not fit this run's learner: {first}"
+                f"train.init_from: {path} does not fit this run's learner: "
+                f"{problem}{f' ({hint})' if hint else ''}"
             ) from None
         print(
             f"metarl: initialised from {path} (iteration {state.get('iteration', '?')})",

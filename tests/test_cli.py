@@ -512,7 +512,8 @@ def test_snail_warm_starts_onto_longer_trials_with_tc_span(tmp_path, capsys):
     longer = ["train", "snail", "bandit", "--set", "trial.episodes=40", "--iterations", "1"]
     code, _, err = run([*longer, "--logdir", str(tmp_path / "a"), "--init-from", str(src), *tiny],
                        capsys)  # fmt: skip
-    assert code == 2 and "does not fit this run's learner" in err, err
+    assert code == 2 and "does not fit this run's learner: Missing key(s)" in err, err
+    assert "set algo.tc_span" in err and len(err.strip().splitlines()) == 1, err
     code, out, err = run(
         [*longer, "--logdir", str(tmp_path / "b"), "--init-from", str(src), "--set",
          "algo.tc_span=8", *tiny],
