@@ -629,7 +629,8 @@ class SNAILSequenceModel(nn.Module):
     Args:
         input_size: Size of ``x[t]``.
         sequence_length: Maximum trial length ``T``. Longer sequences still work (the
-            attention caches grow), but the convolutions see at most ``T`` steps back.
+            attention caches grow), but the convolutions see at most ``T`` (``tc_span``,
+            if given) steps back, rounded up to a power of two.
         config: Hyperparameters; defaults to the paper's bandit/MDP policy network.
         tc_span: Receptive field of the TC blocks (see :class:`SNAILStack`); ``None``
             means ``sequence_length``.
