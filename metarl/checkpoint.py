@@ -92,3 +92,17 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a metarl checkpoint")
     return payload
+
+
+def load_error_line(error: Exception, limit: int = 200) -> str:
+    """The informative line of a ``load_state_dict`` error, shortened to one line.
+
+    torch's message starts with a generic header ("Error(s) in loading state_dict for
+    ...:") and lists the missing, unexpected or mis-shaped parameters below it.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if not lines:
+        return type(error).__name__
+    header = len(lines) > 1 and lines[0].startswith("Error(s) in loading")
+    problem = lines[1] if header else lines[0]
+    return problem if len(problem) <= limit else problem[: limit - 1] + "…"

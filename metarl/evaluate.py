@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from metarl.checkpoint import CheckpointError, load_checkpoint
+from metarl.checkpoint import CheckpointError, load_checkpoint, load_error_line
 from metarl.config import build_run_config
 from metarl.learner import Curve
 from metarl.registry import resolve_algo, resolve_env
@@ -261,8 +261,9 @@ def evaluate_run(
     try:
         learner.load_state_dict(state["learner"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"checkpoint does not fit this run's learner: {first}") from None
+        raise CheckpointError(
+            f"checkpoint does not fit this run's learner: {load_error_line(e)}"
+        ) from None
     seed = config.train.seed if seed is None else seed
     tasks = problem.sample_test_tasks(num_tasks, seed)
     curves = learner.evaluate(tasks, torch_generator(seed, EVAL_SEED_STREAM, device=dev))

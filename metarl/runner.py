@@ -27,7 +27,12 @@ from typing import Any
 import gymnasium as gym
 import torch
 
-from metarl.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from metarl.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_error_line,
+    save_checkpoint,
+)
 from metarl.config import RunConfig, dump_yaml
 from metarl.learner import Curve, Learner, NonFiniteError
 from metarl.logging import MetricsLogger, namespace
@@ -148,20 +153,6 @@ def mean_curve_metrics(
     }
 
 
-def _load_problem(error: Exception, limit: int = 200) -> str:
-    """The informative line of a ``load_state_dict`` error, shortened to one line.
-
-    torch's message starts with a generic header ("Error(s) in loading state_dict for
-    ...:") and lists the missing, unexpected or mis-shaped parameters below it.
-    """
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if not lines:
-        return type(error).__name__
-    header = len(lines) > 1 and lines[0].startswith("Error(s) in loading")
-    problem = lines[1] if header else lines[0]
-    return problem if len(problem) <= limit else problem[: limit - 1] + "…"
-
-
 class Runner:
     """Runs (or resumes) meta-training in ``run_dir``.
 
@@ -239,8 +230,9 @@ class Runner:
             self.start_iteration = int(state["iteration"])
             self.elapsed = float(state.get("elapsed", 0.0))
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise CheckpointError(f"checkpoint does not fit this run's learner: {first}") from None
+            raise CheckpointError(
+                f"checkpoint does not fit this run's learner: {load_error_line(e)}"
+            ) from None
         if self.start_iteration > self.config.train.iterations:
             raise CheckpointError(
                 f"checkpoint {path} is at iteration {self.start_iteration}, past "
@@ -263,7 +255,7 @@ class Runner:
         try:
             self.learner.load_weights(state["learner"])
         except (KeyError, RuntimeError, ValueError, TypeError) as e:
-            problem = _load_problem(e)
+            problem = load_error_line(e)
             hint = self.learner.mismatch_hint(problem)
             raise CheckpointError(
                 f"train.init_from: {path} does not fit this run's learner: "
