@@ -558,15 +558,6 @@ def test_functional_api_used_by_maml_is_domain_agnostic():
     assert losses.shape == (3,) and model.weight.grad is not None
 
 
-def test_package_doctest():
-    import doctest
-
-    import agents.fewshot
-
-    results = doctest.testmod(agents.fewshot, verbose=False)
-    assert results.attempted > 0 and results.failed == 0
-
-
 def test_reptile_inner_minibatches_cover_the_task_once_per_round():
     """With ``inner_batch``, the inner steps walk a permutation of the task's examples."""
     learner = Reptile(ReptileConfig(hidden=8, inner_steps=3, inner_batch=2), 5, (1, SIZE, SIZE))

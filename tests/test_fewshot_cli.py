@@ -1,7 +1,6 @@
 """Few-shot learning through the CLI: ``metarl train LEARNER omniglot|sinusoid``, eval, resume."""
 
 import csv
-import doctest
 import json
 
 import pytest
@@ -204,16 +203,6 @@ def test_algos_listing_marks_fewshot_learners(capsys):
     assert set(FEWSHOT) <= fewshot
     code, out, _ = run(["envs"], capsys)
     assert {"omniglot", "sinusoid"} <= {line.split()[0] for line in out.strip().splitlines()}
-
-
-def test_module_doctests():
-    import agents.fewshot.base
-    import agents.fewshot.problem
-    import agents.fewshot.snail
-
-    for module in (agents.fewshot.base, agents.fewshot.problem, agents.fewshot.snail):
-        results = doctest.testmod(module, verbose=False)
-        assert results.attempted > 0 and results.failed == 0, module.__name__
 
 
 def test_snail_tc_depth_follows_the_task_sequence():

@@ -3,8 +3,6 @@ finite differences, the vmap/batch-norm trap, and the fused Conv-4 against the p
 
 from __future__ import annotations
 
-import doctest
-
 import pytest
 import torch
 import torch.nn.functional as F
@@ -409,11 +407,6 @@ def test_adapt_batched_shapes_and_loop_equivalence():
 
 
 # ---------------------------------------------------- learn2learn-style API
-def test_functional_maml_doctest():
-    results = doctest.testmod(fn, verbose=False)
-    assert results.attempted > 0 and results.failed == 0
-
-
 def test_functional_maml_meta_sgd_alpha_gets_gradient():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(1, 8), nn.Tanh(), nn.Linear(8, 1))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import math
 
 import pytest
@@ -350,8 +349,3 @@ def test_step_builds_no_graph():
     model = SNAILSequenceModel(3, 4, SMALL)
     y, _ = model.step(torch.randn(2, 3), model.initial_state(2, "cpu"))
     assert not y.requires_grad
-
-
-def test_docstring_examples():
-    result = doctest.testmod(snail, verbose=False)
-    assert result.attempted > 0 and result.failed == 0
