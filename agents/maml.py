@@ -102,7 +102,7 @@ from agents.functional import (
 )
 from agents.linear_baseline import linear_baseline_values
 from metarl.batch import TrajectoryBatch
-from metarl.learner import Curve, Learner, check_finite
+from metarl.learner import Curve, IncompatibleEnvError, Learner, check_finite
 from metarl.pg import conjugate_gradient, gae, next_values
 from metarl.pg.trpo import TRPOResult, get_flat, set_flat
 from metarl.policy import PolicyStep, StepInput
@@ -985,9 +985,11 @@ class MAMLTRPO(Learner):
         self, problem: RLProblem, config: MAMLTRPOConfig, device: torch.device | str = "cpu"
     ):
         if not isinstance(problem.action_space, gym.spaces.Box):
-            raise ValueError(
-                f"{type(self).__name__} needs a continuous (Box) action space, "
-                f"got {problem.action_space}"
+            # The inner step, the Fisher-vector product and every baseline assume the
+            # diagonal Gaussian policy of the paper's continuous-control experiments.
+            raise IncompatibleEnvError(
+                f"algorithm {self.default_name!r} needs a continuous (Box) action space, got "
+                f"{problem.action_space}; for discrete actions use rl2 or snail"
             )
         self.problem = problem
         self.config = config

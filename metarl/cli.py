@@ -305,9 +305,10 @@ def _main(argv: list[str] | None) -> int:
     except RecursionError:
         return _fail("input nested too deeply", USAGE_ERROR)
     except Exception as e:
+        from metarl.learner import IncompatibleEnvError
         from metarl.runner import EnvError, RunDirError, TrainingError
 
-        if isinstance(e, EnvError | RunDirError):
+        if isinstance(e, EnvError | RunDirError | IncompatibleEnvError):
             return _fail(str(e), USAGE_ERROR)
         if isinstance(e, TrainingError):
             return _fail(str(e), RUN_ERROR)

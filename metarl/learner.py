@@ -132,6 +132,14 @@ def _tensors(tree: Any) -> list[torch.Tensor]:
     return []
 
 
+class IncompatibleEnvError(ValueError):
+    """The env's spaces do not fit the learner (e.g. a Gaussian policy on Discrete actions).
+
+    Learners raise it from their constructor; the CLI reports it as a usage error (one line,
+    exit 2), since the fix is a different algorithm or env, not a different run.
+    """
+
+
 class NonFiniteError(RuntimeError):
     """A loss or gradient became NaN or infinite."""
 
