@@ -1,8 +1,9 @@
 """Regenerates the bandit and tabular-MDP tables of ``experiments/RESULTS.md``.
 
 Every baseline is evaluated here, on the same held-out tasks as the learners (the test
-stream of seed 0). Learner cells are read from ``experiments/runs/<config>/eval/summary.csv``,
-written by ``metarl eval experiments/runs/<config> --tasks N`` with N = 10,000 for bandits
+stream of seed 0). Learner cells are read from ``experiments/runs/<config>/eval/summary.csv``
+(or from ``experiments/runs/<config>_ft/``, a fine-tune warm-started from that run, once it
+has been evaluated), written by ``metarl eval RUN_DIR --tasks N`` with N = 10,000 for bandits
 and 1,000 for MDPs (the same tasks, so learners and baselines share every task); a cell
 whose run does not exist is printed as "not run".
 
@@ -53,8 +54,14 @@ BANDIT_BASELINES = [
 MDP_BASELINES = ["random", "psrl", "opsrl", "ucrl2", "beb", "eps-greedy", "greedy", "oracle"]
 
 
+def final_run(config: str) -> str:
+    """``<config>_ft`` if that fine-tune (warm-started from ``<config>``) was evaluated."""
+    fine_tune = f"{config}_ft"
+    return fine_tune if (RUNS / fine_tune / "eval" / "summary.csv").exists() else config
+
+
 def learner_cell(config: str, algo: str, normalised: bool) -> str:
-    path = RUNS / config / "eval" / "summary.csv"
+    path = RUNS / final_run(config) / "eval" / "summary.csv"
     if not path.exists():
         return "not run"
     with open(path, newline="") as f:
@@ -73,18 +80,26 @@ def paper_cell(values: tuple[float | None, ...] | None) -> str:
     return " / ".join("?" if v is None else f"{v:g}" for v in values)
 
 
+def _minutes(run: str) -> float:
+    info = json.loads((RUNS / run / "run.json").read_text())
+    return float(info.get("elapsed_s") or 0.0) / 60
+
+
 def run_note(config: str) -> str:
-    """``seed s, N min`` from a run's ``config.yaml`` and ``run.json`` ("" if not run)."""
-    status = RUNS / config / "run.json"
-    if not status.exists():
+    """``seed s, N min`` from a run's ``config.yaml`` and ``run.json`` ("" if not run).
+
+    A fine-tune's minutes follow its source run's: ``seed 0, 174 + 105 (fine-tune) min``.
+    """
+    if not (RUNS / config / "run.json").exists():
         return ""
-    info = json.loads(status.read_text())
     seed = "?"
     config_file = RUNS / config / "config.yaml"
     if config_file.exists():
         seed = yaml.safe_load(config_file.read_text()).get("train", {}).get("seed", "?")
-    minutes = float(info.get("elapsed_s") or 0.0) / 60
-    return f"seed {seed}, {minutes:.0f} min"
+    minutes = f"{_minutes(config):.0f}"
+    if final_run(config) != config:
+        minutes += f" + {_minutes(final_run(config)):.0f} (fine-tune)"
+    return f"seed {seed}, {minutes} min"
 
 
 def baseline_cells(problem: RLProblem, names: list[str], tasks, optimum=None) -> dict[str, str]:
