@@ -97,8 +97,9 @@ def run_note(config: str) -> str:
     if config_file.exists():
         seed = yaml.safe_load(config_file.read_text()).get("train", {}).get("seed", "?")
     minutes = f"{_minutes(config):.0f}"
-    if final_run(config) != config:
-        minutes += f" + {_minutes(final_run(config)):.0f} (fine-tune)"
+    fine_tune = final_run(config)
+    if fine_tune != config:
+        minutes += f" + {_minutes(fine_tune):.0f} (fine-tune)"
     return f"seed {seed}, {minutes} min"
 
 
