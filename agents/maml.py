@@ -45,6 +45,12 @@ curvature matrix is estimated.
   ``maml_trpo_point.py`` and ``cluster_maml_trpo_{cheetah,ant}.py`` all pass
   ``hidden_nonlinearity=tf.nn.relu, hidden_sizes=(100,100)``). pytorch-maml-rl's configs use
   tanh with 64×64 (2D navigation, HalfCheetah). ``algo.activation=tanh`` is available.
+  On ``Discrete`` action spaces (bandits, tabular MDPs, the maze) the same MLP gives the
+  logits of a categorical policy (:class:`CategoricalMLP`, as pytorch-maml-rl does for its
+  bandit and tabular-MDP tasks); the inner loss, the surrogate, the KL and its curvature
+  only go through :class:`PolicyMLP`'s distribution methods, so nothing else changes. A
+  "trajectory" is one row of the collector, i.e. one trial of ``trial.episodes`` episodes
+  (a 10-pull bandit trial is one trajectory), and returns are reported per episode.
 * Action scaling: maml_rl wraps every env in rllab's ``normalize``, so the Gaussian lives
   in ``[-1, 1]`` and actions are affinely mapped to the Box (and clipped by the env). For
   the MuJoCo envs the Box is ``[-1, 1]`` already; for 2D navigation it is ``[-0.1, 0.1]``.
@@ -140,13 +146,15 @@ class MAMLTRPOConfig:
     first_order: bool = False
     """First-order MAML: treat the inner gradient as a constant of θ (no second order)."""
     hidden_sizes: tuple[int, ...] = (100, 100)
-    """Hidden layer widths of the Gaussian MLP policy (paper: 100, 100)."""
+    """Hidden layer widths of the MLP policy (paper: 100, 100)."""
     activation: str = "relu"
     """Hidden nonlinearity, ``relu`` (the paper's code, maml_rl) or ``tanh`` (pytorch-maml-rl)."""
     init_log_std: float = 0.0
-    """Initial log standard deviation of the Gaussian policy (rllab: std 1)."""
+    """Initial log standard deviation of the Gaussian policy (rllab: std 1); Box actions
+    only."""
     normalize_actions: bool = True
-    """Gaussian in [-1, 1], mapped affinely to the action Box (rllab's ``normalize``)."""
+    """Gaussian in [-1, 1], mapped affinely to the action Box (rllab's ``normalize``); Box
+    actions only."""
     gamma: float = 0.99
     """Discount of returns and advantages."""
     gae_lambda: float = 1.0
@@ -261,13 +269,84 @@ def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
     return torch.baddbmm(bias.unsqueeze(1), x, weight.transpose(1, 2))
 
 
-class GaussianMLP(nn.Module):
-    """MLP mean and state-independent log-std: the MAML policy.
+class PolicyMLP(nn.Module):
+    """An MLP evaluated as a pure function of a parameter dict; the MAML policies' base.
 
-    :meth:`mean` is a pure function of a parameter dict, so the same module evaluates θ,
+    :meth:`output` is a pure function of a parameter dict, so the same module evaluates θ,
     one task's fast weights, or all tasks' fast weights at once: with a leading task
     dimension on every parameter (``[n, out, in]``) and inputs ``[n, rows, obs]`` each
-    layer is one batched GEMM.
+    layer is one batched GEMM. Subclasses say what the output parameterises (a Gaussian's
+    mean, a categorical's logits) and supply that distribution's log-probability, KL and
+    sampling, which is all the inner loss, the TRPO step and the collector need.
+
+    Args:
+        obs_size: Flat observation size.
+        out_size: Output size (action dims, or number of actions).
+        hidden_sizes: Hidden widths.
+        activation: ``relu`` or ``tanh``.
+    """
+
+    #: Whether actions are integers (categorical) rather than vectors (Gaussian).
+    discrete: bool = False
+
+    def __init__(
+        self,
+        obs_size: int,
+        out_size: int,
+        hidden_sizes: Sequence[int] = (100, 100),
+        activation: str = "relu",
+    ):
+        super().__init__()
+        sizes = [obs_size, *hidden_sizes, out_size]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
+        for layer in self.layers:
+            nn.init.xavier_uniform_(layer.weight)
+            nn.init.zeros_(layer.bias)
+        self.activation = activation
+        self._act = torch.relu if activation == "relu" else torch.tanh
+        self._names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(self.layers))]
+
+    def output(self, params: Mapping[str, Tensor], obs: Tensor) -> Tensor:
+        """The last layer's output ``[..., out_size]`` under ``params`` (class docstring)."""
+        h = obs
+        last = len(self._names) - 1
+        for i, (w, b) in enumerate(self._names):
+            h = _linear(h, params[w], params[b])
+            if i < last:
+                h = self._act(h)
+        return h
+
+    def forward(self, obs: Tensor) -> Tensor:
+        return self.output(dict(self.named_parameters()), obs)
+
+    # The distribution, given ``out = output(params, obs)``. ``params`` may carry a task
+    # dim (``out`` is then ``[n, rows, ...]``).
+    def log_prob(self, params: Mapping[str, Tensor], out: Tensor, action: Tensor) -> Tensor:
+        """Log-probability of ``action`` per row."""
+        raise NotImplementedError
+
+    def snapshot(self, params: Mapping[str, Tensor], out: Tensor) -> tuple[Tensor, ...]:
+        """The distribution, detached (and cloned), as the "old" side of :meth:`kl`."""
+        raise NotImplementedError
+
+    def kl(self, old: tuple[Tensor, ...], params: Mapping[str, Tensor], out: Tensor) -> Tensor:
+        """``KL(old ‖ new)`` per row, ``old`` from :meth:`snapshot`."""
+        raise NotImplementedError
+
+    def row_scale(self, weights: Mapping[str, Tensor], per_task: bool, r: int) -> Tensor | None:
+        """Per-row data :meth:`sample` needs besides ``out`` (the Gaussian's log-std, rows
+        of task ``i`` at ``i*r ..``), or None."""
+        return None
+
+    def sample(
+        self, out: Tensor, scale: Tensor | None, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        """(action, log-probability) per row of ``out [B, out_size]``."""
+        raise NotImplementedError
+
+
+class GaussianMLP(PolicyMLP):
+    """MLP mean and state-independent log-std: the MAML policy for Box actions.
 
     Args:
         obs_size: Flat observation size.
@@ -285,29 +364,78 @@ class GaussianMLP(nn.Module):
         activation: str = "relu",
         init_log_std: float = 0.0,
     ):
-        super().__init__()
-        sizes = [obs_size, *hidden_sizes, action_size]
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in itertools.pairwise(sizes))
-        for layer in self.layers:
-            nn.init.xavier_uniform_(layer.weight)
-            nn.init.zeros_(layer.bias)
+        super().__init__(obs_size, action_size, hidden_sizes, activation)
         self.log_std = nn.Parameter(torch.full((action_size,), float(init_log_std)))
-        self.activation = activation
-        self._act = torch.relu if activation == "relu" else torch.tanh
-        self._names = [(f"layers.{i}.weight", f"layers.{i}.bias") for i in range(len(self.layers))]
 
     def mean(self, params: Mapping[str, Tensor], obs: Tensor) -> Tensor:
-        """Action mean ``[..., action_size]`` under ``params`` (see class docstring)."""
-        h = obs
-        last = len(self._names) - 1
-        for i, (w, b) in enumerate(self._names):
-            h = _linear(h, params[w], params[b])
-            if i < last:
-                h = self._act(h)
-        return h
+        """Action mean ``[..., action_size]`` under ``params`` (same as :meth:`output`)."""
+        return self.output(params, obs)
 
-    def forward(self, obs: Tensor) -> Tensor:
-        return self.mean(dict(self.named_parameters()), obs)
+    def log_prob(self, params: Mapping[str, Tensor], out: Tensor, action: Tensor) -> Tensor:
+        return gaussian_log_prob(out, params["log_std"], action)
+
+    def snapshot(self, params: Mapping[str, Tensor], out: Tensor) -> tuple[Tensor, ...]:
+        # clone: with no inner step the log-std is the live parameter, which the line
+        # search updates in place.
+        return out.detach(), params["log_std"].detach().clone()
+
+    def kl(self, old: tuple[Tensor, ...], params: Mapping[str, Tensor], out: Tensor) -> Tensor:
+        return gaussian_kl(old[0], old[1], out, params["log_std"])
+
+    def row_scale(self, weights: Mapping[str, Tensor], per_task: bool, r: int) -> Tensor | None:
+        return weights["log_std"].repeat_interleave(r, 0) if per_task else weights["log_std"]
+
+    def sample(
+        self, out: Tensor, scale: Tensor | None, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        assert scale is not None
+        noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=out.dtype)
+        u = out + noise * torch.exp(scale)
+        return u, (-0.5 * noise * noise - scale - _LOG_SQRT_2PI).sum(-1)
+
+
+class CategoricalMLP(PolicyMLP):
+    """MLP logits over ``Discrete(n)`` actions: the MAML policy for bandits, tabular MDPs
+    and the maze (as in pytorch-maml-rl's categorical MLP policy).
+
+    Args:
+        obs_size: Flat observation size.
+        num_actions: Number of actions ``n``.
+        hidden_sizes: Hidden widths.
+        activation: ``relu`` or ``tanh``.
+    """
+
+    discrete = True
+
+    def __init__(
+        self,
+        obs_size: int,
+        num_actions: int,
+        hidden_sizes: Sequence[int] = (100, 100),
+        activation: str = "relu",
+    ):
+        super().__init__(obs_size, num_actions, hidden_sizes, activation)
+
+    def log_prob(self, params: Mapping[str, Tensor], out: Tensor, action: Tensor) -> Tensor:
+        logp = torch.log_softmax(out, dim=-1)
+        return logp.gather(-1, action.long().unsqueeze(-1)).squeeze(-1)
+
+    def snapshot(self, params: Mapping[str, Tensor], out: Tensor) -> tuple[Tensor, ...]:
+        return (torch.log_softmax(out.detach(), dim=-1),)
+
+    def kl(self, old: tuple[Tensor, ...], params: Mapping[str, Tensor], out: Tensor) -> Tensor:
+        (old_logp,) = old
+        return (old_logp.exp() * (old_logp - torch.log_softmax(out, dim=-1))).sum(-1)
+
+    def sample(
+        self, out: Tensor, scale: Tensor | None, generator: torch.Generator
+    ) -> tuple[Tensor, Tensor]:
+        logp = torch.log_softmax(out, dim=-1)
+        # Inverse CDF with the caller's generator (torch.distributions would use the
+        # global RNG); clamped because the CDF's last entry can round below u.
+        u = torch.rand(out.shape[:-1], generator=generator, device=out.device, dtype=out.dtype)
+        action = (logp.exp().cumsum(-1) < u.unsqueeze(-1)).sum(-1).clamp_max(out.shape[-1] - 1)
+        return action, logp.gather(-1, action.unsqueeze(-1)).squeeze(-1)
 
 
 def gaussian_log_prob(mean: Tensor, log_std: Tensor, x: Tensor) -> Tensor:
@@ -337,7 +465,7 @@ class _Chunk:
     """The rows one ``Collector.collect`` call acts for (a :class:`FastWeightPolicy` state)."""
 
     weights: Params
-    log_std: Tensor
+    scale: Tensor | None  # PolicyMLP.row_scale of the chunk's rows
     first_task: int
     offset: int
     rows: int
@@ -357,7 +485,8 @@ class FastWeightPolicy:
         net: The policy network.
         params: Either shared weights (no task dim) or per-task weights ``[n, ...]``.
         rows_per_task: Rows (trajectories) per task.
-        action_center: Center of the action Box (actions are ``center + half * u``).
+        action_center: Center of the action Box (actions are ``center + half * u``);
+            unused for a categorical policy.
         action_half: Half-width of the action Box (1 when not normalising).
         task_features: Optional ``tasks -> [rows, k]`` features appended to observations
             (the task-conditioned ``oracle`` baseline).
@@ -365,7 +494,7 @@ class FastWeightPolicy:
 
     def __init__(
         self,
-        net: GaussianMLP,
+        net: PolicyMLP,
         params: Mapping[str, Tensor],
         rows_per_task: int,
         action_center: Tensor,
@@ -395,44 +524,47 @@ class FastWeightPolicy:
         first = self.rows_seen
         self.rows_seen += num_rows
         if not self.per_task:
-            return _Chunk(self.params, self.params["log_std"], 0, 0, num_rows, True)
+            scale = self.net.row_scale(self.params, False, 1)
+            return _Chunk(self.params, scale, 0, 0, num_rows, True)
         r = self.rows_per_task
         t0, offset = divmod(first, r)
         n = -(-(offset + num_rows) // r)
-        if t0 + n > self.params["log_std"].shape[0]:
+        tasks = _num_weight_tasks(self.params)
+        if t0 + n > tasks:
             raise ValueError(
-                f"rows {first}..{first + num_rows - 1} exceed the "
-                f"{self.params['log_std'].shape[0]} tasks of this policy"
+                f"rows {first}..{first + num_rows - 1} exceed the {tasks} tasks of this policy"
             )
         weights = {k: v[t0 : t0 + n] for k, v in self.params.items()}
-        log_std = weights["log_std"].repeat_interleave(r, 0)[offset : offset + num_rows]
+        scale = self.net.row_scale(weights, True, r)
+        if scale is not None:
+            scale = scale[offset : offset + num_rows]
         aligned = offset == 0 and num_rows == n * r
-        return _Chunk(weights, log_std, t0, offset, num_rows, aligned)
+        return _Chunk(weights, scale, t0, offset, num_rows, aligned)
 
     def step(self, inp: StepInput, state: _Chunk, generator: torch.Generator) -> PolicyStep:
         b = inp.obs.shape[0]
-        obs = inp.obs.reshape(b, -1).to(self.params["log_std"].dtype)
+        obs = inp.obs.reshape(b, -1).to(self.params["layers.0.weight"].dtype)
         if self._features is not None:
             obs = torch.cat([obs, self._features.to(obs)], dim=-1)
         if not self.per_task:
-            mean = self.net.mean(state.weights, obs)
+            out = self.net.output(state.weights, obs)
         else:
-            n, r = state.weights["log_std"].shape[0], self.rows_per_task
+            n, r = _num_weight_tasks(state.weights), self.rows_per_task
             if state.aligned:
-                mean = self.net.mean(state.weights, obs.view(n, r, -1)).reshape(b, -1)
+                out = self.net.output(state.weights, obs.view(n, r, -1)).reshape(b, -1)
             else:
                 # The chunk cuts through a task: pad it to whole tasks for the batched GEMM.
                 padded = obs.new_zeros(n * r, obs.shape[-1])
                 padded[state.offset : state.offset + b] = obs
-                out = self.net.mean(state.weights, padded.view(n, r, -1)).reshape(n * r, -1)
-                mean = out[state.offset : state.offset + b]
-        std = torch.exp(state.log_std)
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
-        u = mean + noise * std
-        log_prob = (-0.5 * noise * noise - state.log_std - _LOG_SQRT_2PI).sum(-1)
-        action = (self.center + self.half * u).view(b, *self.center.shape)
+                full = self.net.output(state.weights, padded.view(n, r, -1)).reshape(n * r, -1)
+                out = full[state.offset : state.offset + b]
+        u, log_prob = self.net.sample(out, state.scale, generator)
+        if self.net.discrete:
+            action = u
+        else:
+            action = (self.center + self.half * u).view(b, *self.center.shape)
         if self._zeros is None or self._zeros.shape[0] != b:
-            self._zeros = torch.zeros(b, device=mean.device, dtype=mean.dtype)
+            self._zeros = torch.zeros(b, device=out.device, dtype=out.dtype)
         return PolicyStep(action, log_prob, self._zeros, state)
 
 
@@ -501,7 +633,7 @@ def task_features(tasks: Any) -> Tensor:
 
 
 class TaskSampler:
-    """Collects task-major trajectories with a :class:`GaussianMLP` and prepares them.
+    """Collects task-major trajectories with a :class:`PolicyMLP` and prepares them.
 
     Args:
         problem: The RL problem.
@@ -512,6 +644,11 @@ class TaskSampler:
         self.problem = problem
         self.config = config
         space = problem.action_space
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        if self.discrete:
+            # Integer actions: no Box to map to; the centre/half are never used.
+            self.center = self.half = torch.zeros((), device=problem.device)
+            return
         low = torch.as_tensor(np.asarray(space.low, dtype=np.float32)).reshape(-1)
         high = torch.as_tensor(np.asarray(space.high, dtype=np.float32)).reshape(-1)
         finite = bool(torch.isfinite(low).all() and torch.isfinite(high).all())
@@ -524,7 +661,7 @@ class TaskSampler:
 
     def collect(
         self,
-        net: GaussianMLP,
+        net: PolicyMLP,
         params: Mapping[str, Tensor],
         tasks: Any,
         rows_per_task: int,
@@ -584,8 +721,11 @@ class TaskSampler:
             std = (((adv - mean) ** 2 * mask).sum(-1, keepdim=True) / count).sqrt()
             adv = (adv - mean) / (std + 1e-8)
         obs = grouped(batch.obs.reshape(t, b, -1)).to(dtype)
-        action = batch.action.reshape(t, b, -1).to(dtype)
-        action = (action - self.center.reshape(-1)) / self.half.reshape(-1)
+        if self.discrete:
+            action = batch.action.reshape(t, b).long()
+        else:
+            action = batch.action.reshape(t, b, -1).to(dtype)
+            action = (action - self.center.reshape(-1)) / self.half.reshape(-1)
         return TaskData(obs, grouped(action), adv * mask, mask / count)
 
     def task_returns(self, batch: TrajectoryBatch, groups: int) -> Tensor:
@@ -596,7 +736,7 @@ class TaskSampler:
 
 
 # ============================================================================ inner loop
-def make_inner_loss(net: GaussianMLP) -> Callable[[Params, TaskData], Tensor]:
+def make_inner_loss(net: PolicyMLP) -> Callable[[Params, TaskData], Tensor]:
     """The REINFORCE loss ``−Σ_t w_t A_t log π(a_t|s_t)`` (a per-task mean over valid steps).
 
     With per-task weights and data ``[n, ...]`` it returns the sum of the tasks' losses, so
@@ -604,8 +744,7 @@ def make_inner_loss(net: GaussianMLP) -> Callable[[Params, TaskData], Tensor]:
     """
 
     def loss(params: Params, data: TaskData) -> Tensor:
-        mean = net.mean(params, data.obs)
-        log_prob = gaussian_log_prob(mean, params["log_std"], data.action)
+        log_prob = net.log_prob(params, net.output(params, data.obs), data.action)
         return -(log_prob * data.advantage * data.weight).sum()
 
     return loss
@@ -660,8 +799,13 @@ def _lr_of(lr: LearningRate, name: str) -> Any:
 
 
 def _per_task(params: Mapping[str, Tensor]) -> bool:
-    """Whether the weights carry a leading task dim (the log-std is then ``[n, d]``)."""
-    return params["log_std"].dim() == 2
+    """Whether the weights carry a leading task dim (a weight matrix is then ``[n, o, i]``)."""
+    return params["layers.0.weight"].dim() == 3
+
+
+def _num_weight_tasks(params: Mapping[str, Tensor]) -> int:
+    """Tasks of per-task weights (their leading dim)."""
+    return params["layers.0.weight"].shape[0]
 
 
 # ============================================================================ outer step
@@ -679,7 +823,7 @@ class MetaObjective:
 
     def __init__(
         self,
-        net: GaussianMLP,
+        net: PolicyMLP,
         steps: Sequence[TaskData],
         post: TaskData,
         *,
@@ -711,24 +855,21 @@ class MetaObjective:
         return out
 
     def surrogate(
-        self, fast: Params, old: tuple[Tensor, Tensor, Tensor] | None = None
-    ) -> tuple[Tensor, Tensor, tuple[Tensor, Tensor, Tensor]]:
+        self, fast: Params, old: tuple[tuple[Tensor, ...], Tensor] | None = None
+    ) -> tuple[Tensor, Tensor, tuple[tuple[Tensor, ...], Tensor]]:
         """(surrogate loss, mean KL, old distribution) of the post-update policies.
 
-        ``old`` (mean, log-std, log-prob) defaults to the current ones, detached: the
-        state at θ_old, where the ratio is 1 and the KL 0.
+        ``old`` (the distribution's :meth:`PolicyMLP.snapshot`, log-prob) defaults to the
+        current ones, detached: the state at θ_old, where the ratio is 1 and the KL 0.
         """
         post = self.post
-        mean = self.net.mean(fast, post.obs)
-        log_std = fast["log_std"]
-        log_prob = gaussian_log_prob(mean, log_std, post.action)
+        out = self.net.output(fast, post.obs)
+        log_prob = self.net.log_prob(fast, out, post.action)
         if old is None:
-            # clone: with no inner step the log-std is the live parameter, which the line
-            # search updates in place.
-            old = (mean.detach(), log_std.detach().clone(), log_prob.detach())
-        ratio = torch.exp(log_prob - old[2])
+            old = (self.net.snapshot(fast, out), log_prob.detach())
+        ratio = torch.exp(log_prob - old[1])
         loss = -(ratio * post.advantage * post.weight).sum(-1).mean()
-        kl = (gaussian_kl(old[0], old[1], mean, log_std) * post.weight).sum(-1).mean()
+        kl = (self.net.kl(old[0], fast, out) * post.weight).sum(-1).mean()
         return loss, kl, old
 
     def gauss_newton_hvp(
@@ -806,9 +947,8 @@ class MetaObjective:
                         inner_g.append({k: g.detach() for k, g in grad.items()})
                 leaf = leaves(fasts[-1], i if k_steps else None)
                 sub = task_slice(post, i) if k_steps else post
-                mean = self.net.mean(leaf, sub.obs)
-                log_std = leaf["log_std"]
-                kl = gaussian_kl(mean.detach(), log_std.detach(), mean, log_std)
+                out = self.net.output(leaf, sub.obs)
+                kl = self.net.kl(self.net.snapshot(leaf, out), leaf, out)
                 # The objective's KL is the mean over tasks: each task's Fisher gets 1/n.
                 if k_steps:
                     kl = (kl * sub.weight).sum() / self.n
@@ -984,18 +1124,19 @@ class MAMLTRPO(Learner):
     def __init__(
         self, problem: RLProblem, config: MAMLTRPOConfig, device: torch.device | str = "cpu"
     ):
-        if not isinstance(problem.action_space, gym.spaces.Box):
-            # The inner step, the Fisher-vector product and every baseline assume the
-            # diagonal Gaussian policy of the paper's continuous-control experiments.
+        space = problem.action_space
+        if not isinstance(space, (gym.spaces.Box, gym.spaces.Discrete)):
+            # The policies are a diagonal Gaussian (Box) and a categorical (Discrete).
             raise IncompatibleEnvError(
-                f"algorithm {self.default_name!r} needs a continuous (Box) action space, got "
-                f"{problem.action_space}; for discrete actions use rl2 or snail"
+                f"algorithm {self.default_name!r} needs a Box or Discrete action space, got "
+                f"{space}; for other spaces use rl2 or snail"
             )
         self.problem = problem
         self.config = config
         self.device = torch.device(device)
         self.obs_size = int(np.prod(problem.observation_space.shape))
-        self.action_size = int(np.prod(problem.action_space.shape))
+        self.discrete = isinstance(space, gym.spaces.Discrete)
+        self.action_size = int(space.n) if self.discrete else int(np.prod(space.shape))
         self.net = self._make_net(self.obs_size)
         self.alpha = self._make_alpha()
         self.sampler = TaskSampler(problem, config)
@@ -1003,11 +1144,16 @@ class MAMLTRPO(Learner):
         self._baseline_cache: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ parameters
-    def _make_net(self, obs_size: int) -> GaussianMLP:
+    def _make_net(self, obs_size: int) -> PolicyMLP:
         cfg = self.config
-        net = GaussianMLP(
-            obs_size, self.action_size, cfg.hidden_sizes, cfg.activation, cfg.init_log_std
-        )
+        if self.discrete:
+            net: PolicyMLP = CategoricalMLP(
+                obs_size, self.action_size, cfg.hidden_sizes, cfg.activation
+            )
+        else:
+            net = GaussianMLP(
+                obs_size, self.action_size, cfg.hidden_sizes, cfg.activation, cfg.init_log_std
+            )
         return net.to(self.device)
 
     def _make_alpha(self) -> nn.ParameterDict | None:
@@ -1106,7 +1252,6 @@ class MAMLTRPO(Learner):
             "trpo_hvp_calls": float(info.hvp_calls),
             "grad_norm": info.grad_norm,
             "step_norm": info.step_norm,
-            "log_std": float(self.net.log_std.detach().mean()),
             "time/sampling_s": timing["sampling"],
             "time/adaptation_s": timing["adaptation"],
             "time/outer_s": outer_s,
@@ -1115,6 +1260,15 @@ class MAMLTRPO(Learner):
             "time/outer_cg_s": info.cg_s,
             "time/outer_line_search_s": info.line_search_s,
         }
+        if isinstance(self.net, GaussianMLP):
+            metrics["log_std"] = float(self.net.log_std.detach().mean())
+        else:
+            with torch.no_grad():
+                logp = torch.log_softmax(self.net.output(self.theta(), post.obs), dim=-1)
+                entropy = -(logp.exp() * logp).sum(-1)
+            # The pre-update policy's entropy on the post-update states: how much the
+            # initialisation still explores (the categorical twin of the log-std).
+            metrics["entropy"] = float((entropy * post.weight).sum(-1).mean())
         for j, ret in enumerate(returns_by_step[1:], start=1):
             metrics[f"return_step{j}"] = ret
         metrics.update(self._alpha_metrics())
@@ -1126,7 +1280,7 @@ class MAMLTRPO(Learner):
     # ------------------------------------------------------------------ evaluation
     def adaptation_curve(
         self,
-        net: GaussianMLP,
+        net: PolicyMLP,
         params: Params,
         lr: LearningRate,
         tasks: Any,

@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from agents.maml import GaussianMLP, MetaObjective, meta_trpo_step, repeat_tasks, task_features
+from agents.maml import MetaObjective, PolicyMLP, meta_trpo_step, repeat_tasks, task_features
 from metarl.learner import Curve
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def _say(message: str) -> None:
     print(f"metarl: {message}", file=sys.stderr, flush=True)
 
 
-def _seeded_net(learner: MAMLTRPO, obs_size: int, seed: int) -> GaussianMLP:
+def _seeded_net(learner: MAMLTRPO, obs_size: int, seed: int) -> PolicyMLP:
     # Initialisation draws from the global RNG; fork it so the caller's stream is untouched.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -72,7 +72,7 @@ def random_init_curve(
     return torch.cat(parts, dim=1)
 
 
-def train_joint_policy(learner: MAMLTRPO, seed: int, oracle: bool = False) -> GaussianMLP:
+def train_joint_policy(learner: MAMLTRPO, seed: int, oracle: bool = False) -> PolicyMLP:
     """TRPO on trajectories from many tasks at once (no adaptation).
 
     Args:

@@ -739,6 +739,11 @@ class SNAILAgentConfig(ContextConfig):
     """Attention value size (policy network)."""
     critic_width: int = 16
     """filters = key = value size of the separate value network (TRPO only)."""
+    interleave_attention: bool = False
+    """Put an attention block after every TC block (``TC, Att, TC, Att`` for two TC
+    blocks; the layout of the paper's visual-navigation policy) instead of one attention
+    block after the last. Later TC blocks can then aggregate what an earlier attention
+    looked up, e.g. a second lookup keyed by what the first one retrieved."""
     tc_span: int | None = None
     """Steps the TC blocks' receptive field covers (``ceil(log2 tc_span)`` dense blocks
     each); ``None`` means the whole trial. Attention still sees the whole trial either way.
@@ -753,6 +758,8 @@ class SNAILAgentConfig(ContextConfig):
                 raise ValueError(f"algo.{name} must be >= 1, got {getattr(self, name)}")
         if self.tc_span is not None and self.tc_span < 1:
             raise ValueError(f"algo.tc_span must be >= 1 or null, got {self.tc_span}")
+        if self.interleave_attention and self.num_tc_blocks < 1:
+            raise ValueError("algo.interleave_attention needs algo.num_tc_blocks >= 1")
 
 
 class SNAIL(ContextLearner):
@@ -773,23 +780,19 @@ class SNAIL(ContextLearner):
 
     def build_trunk(self, input_size: int, sequence_length: int, value: bool = False) -> nn.Module:
         c = self.config
-        width = c.critic_width
-        net = (
-            SNAILConfig(
-                embed_size=c.embed_size,
-                filters=width,
-                num_tc_blocks=c.num_tc_blocks,
-                key_size=width,
-                value_size=width,
-            )
-            if value
-            else SNAILConfig(
-                embed_size=c.embed_size,
-                filters=c.filters,
-                num_tc_blocks=c.num_tc_blocks,
-                key_size=c.key_size,
-                value_size=c.value_size,
-            )
+        filters, key, val = (
+            (c.critic_width,) * 3 if value else (c.filters, c.key_size, c.value_size)
+        )
+        blocks = None
+        if c.interleave_attention:
+            blocks = (TCSpec(filters), AttentionSpec(key, val)) * c.num_tc_blocks
+        net = SNAILConfig(
+            embed_size=c.embed_size,
+            filters=filters,
+            num_tc_blocks=c.num_tc_blocks,
+            key_size=key,
+            value_size=val,
+            blocks=blocks,
         )
         model = SNAILSequenceModel(input_size, sequence_length, net, tc_span=c.tc_span)
         # TRPO differentiates the policy's gradient again (Fisher-vector products).

@@ -113,6 +113,13 @@ def write_outputs(
 ) -> None:
     """Writes adaptation.csv, summary.csv, adaptation.png and TensorBoard curves.
 
+    ``optimum`` is the best expected return of one *episode* of each task, ``[tasks]``
+    (e.g. value iteration's); when it is positive, summary.csv's ``normalised`` column
+    divides each curve's summary by it: an episode curve's trial return by ``episodes``
+    optima, any other curve's headline value (a mean return per episode, e.g. after the
+    last gradient step) by one. Curves measured on other tasks (an SB3 learning curve on
+    the first few) are left blank.
+
     ``adaptation.csv`` keeps its fixed columns and holds the curves measured on the main x
     axis (the first curve's: episode or gradient step). Curves on another axis, such as an
     SB3 learning curve against env steps, go to ``other_curves.csv`` (with an ``x_label``
@@ -151,8 +158,11 @@ def write_outputs(
             total = curve.total()
             m, lo, hi = mean_ci(total)
             norm = ""
-            if optimum is not None and bool((optimum > 0).all()):
-                norm = f"{float((total.double() / optimum.double().cpu()).mean()):.6g}"
+            if optimum is not None and bool((optimum > 0).all()) and total.shape == optimum.shape:
+                best = optimum.double().cpu()
+                if curve.x_label == "episode":
+                    best = best * len(curve.x)
+                norm = f"{float((total.double() / best).mean()):.6g}"
             writer.writerow(
                 [name, f"{m:.6g}", f"{lo:.6g}", f"{hi:.6g}", norm, curve.values.shape[1]]
             )
@@ -284,7 +294,7 @@ def evaluate_run(
     distribution = getattr(problem, "distribution", None)
     optimum = None
     if hasattr(distribution, "optimal_episode_return"):
-        optimum = distribution.optimal_episode_return(tasks) * problem.episodes
+        optimum = distribution.optimal_episode_return(tasks)
     out_dir = Path(out) if out else run_dir / "eval"
     title = f"{config.algorithm} on {config.environment}"
     write_outputs(out_dir, curves, optimum, title=title, tasks=tasks)

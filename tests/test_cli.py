@@ -165,8 +165,6 @@ def _one_line_error(code, err, expected):
         (["train", "rl2", "bandit", "--iterations", "0"], "train.iterations"),
         (["train", "rl2", "bandit", "--bogus"], "unrecognized arguments"),
         (["train", "rl2", "nowhere/file.py:Env"], "no such file"),
-        (["train", "maml-trpo", "bandit"], "needs a continuous (Box) action space"),
-        (["train", "meta-sgd", "maze"], "for discrete actions use rl2 or snail"),
         (["eval", "/nonexistent/run"], "not a metarl run directory"),
         (["frobnicate"], "invalid choice"),
     ],

@@ -349,3 +349,34 @@ def test_step_builds_no_graph():
     model = SNAILSequenceModel(3, 4, SMALL)
     y, _ = model.step(torch.randn(2, 3), model.initial_state(2, "cpu"))
     assert not y.requires_grad
+
+
+def test_agent_interleave_attention_builds_tc_att_tc_att_and_acts_as_it_trains():
+    """``algo.interleave_attention``: an attention block after each TC block, in the
+    policy and in TRPO's separate critic; acting step by step reproduces the training
+    pass's log-probabilities and values."""
+    from agents.snail import SNAIL, SNAILAgentConfig
+    from metarl.problem import RLProblem
+    from metarl.registry import resolve_env
+
+    problem = RLProblem(resolve_env("tabular-mdp")(), episodes=3, max_episode_steps=4)
+    config = SNAILAgentConfig(
+        optimizer="trpo", trials_per_iteration=3, filters=4, key_size=5, value_size=3,
+        critic_width=2, interleave_attention=True,
+    )  # fmt: skip
+    learner = SNAIL(problem, config)
+    for net, (f, k, v) in ((learner.net.trunk, (4, 5, 3)), (learner.net.value_trunk, (2,) * 3)):
+        layers = net.stack.layers
+        kinds = [type(layer).__name__ for layer in layers]
+        assert kinds == ["TCBlock", "AttentionBlock"] * 2
+        assert [layer.filters for layer in layers[0::2]] == [f, f]
+        assert [(layer.key_size, layer.value_size) for layer in layers[1::2]] == [(k, v)] * 2
+    tasks = problem.sample_train_tasks(3, seed=0, iteration=0)
+    batch = problem.collect(learner.policy, tasks, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        params, value = learner.net.evaluate(batch)
+    logp = learner.net.head.log_prob(params, batch.action)
+    assert torch.allclose(logp[batch.valid], batch.log_prob[batch.valid], atol=1e-5)
+    assert torch.allclose(value[batch.valid], batch.value[batch.valid], atol=1e-5)
+    with pytest.raises(ValueError, match="interleave_attention"):
+        SNAILAgentConfig(num_tc_blocks=0, interleave_attention=True)
