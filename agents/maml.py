@@ -577,7 +577,8 @@ class TaskData(NamedTuple):
 
     Attributes:
         obs: Observations ``[n, M, obs]`` (plus task features for the oracle).
-        action: Gaussian samples in the policy's (normalised) action space ``[n, M, d]``.
+        action: Gaussian samples in the policy's (normalised) action space ``[n, M, d]``,
+            or action indices ``[n, M]`` (long) for a categorical policy.
         advantage: ``[n, M]``.
         weight: ``valid / (valid steps of the task)``, ``[n, M]``: each task's rows sum to 1,
             so ``(x * weight).sum(-1)`` is the task's mean over its valid steps.
