@@ -501,7 +501,10 @@ class ContextLearner(Learner):
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def evaluate(self, tasks: Any, generator: torch.Generator) -> dict[str, Curve]:
+    def evaluate(
+        self, tasks: Any, generator: torch.Generator, *, baselines: bool | None = None
+    ) -> dict[str, Curve]:
+        del baselines  # no learner-specific baselines (the env's are added by eval)
         self.net.eval()
         batch = self.problem.collect(self.policy, tasks, generator)
         episodes = self.problem.episodes

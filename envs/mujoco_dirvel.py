@@ -595,8 +595,11 @@ class AntDirEnv(_AntTaskEnv):
       included; PEARL, varibad and Ant-v5 1.0, and v5 pays it only while healthy.
       [0.05 on every step]
     * Time step: rllab's ant.xml ``timestep=0.02`` (RK4), no frame skip, ``dt = 0.02``;
-      gym/gymnasium ``timestep=0.01`` x ``frame_skip=5``, ``dt = 0.05``.
-      [v5's ``frame_skip=5``]
+      gym/gymnasium ``timestep=0.01`` x ``frame_skip=5``, ``dt = 0.05``. This matters
+      here: at ``dt = 0.05`` the MAML initialisation (Gaussian, std 1) jumps the torso
+      above 1.0 within ~50 steps (96 of 100 episodes), at ``dt = 0.02`` it lasts ~146 steps
+      (``experiments/ant_episode_lengths.py``). [v5's ``frame_skip=5``; ``frame_skip=2``
+      gives rllab's ``dt``]
     * Observations: rllab ``qpos`` (15, x and y included) + ``qvel`` (14) +
       ``clip(cfrc_ext)`` (14 x 6 = 84) + torso rotation matrix (9) + torso COM (3) = 125;
       pytorch-maml-rl the same 125 (older versions drop x, y: 123), float32; Ant-v5
@@ -705,8 +708,11 @@ class AntVelEnv(_AntTaskEnv):
       included; PEARL, varibad and Ant-v5 1.0, and v5 pays it only while healthy.
       [0.05 on every step]
     * Time step: rllab's ant.xml ``timestep=0.02`` (RK4), no frame skip, ``dt = 0.02``;
-      gym/gymnasium ``timestep=0.01`` x ``frame_skip=5``, ``dt = 0.05``.
-      [v5's ``frame_skip=5``]
+      gym/gymnasium ``timestep=0.01`` x ``frame_skip=5``, ``dt = 0.05``. This matters
+      here: at ``dt = 0.05`` the MAML initialisation (Gaussian, std 1) jumps the torso
+      above 1.0 within ~50 steps (96 of 100 episodes), at ``dt = 0.02`` it lasts ~146 steps
+      (``experiments/ant_episode_lengths.py``). [v5's ``frame_skip=5``; ``frame_skip=2``
+      gives rllab's ``dt``]
     * Observations: rllab ``qpos`` (15, x and y included) + ``qvel`` (14) +
       ``clip(cfrc_ext)`` (14 x 6 = 84) + torso rotation matrix (9) + torso COM (3) = 125;
       pytorch-maml-rl the same 125 (older versions drop x, y: 123), float32; Ant-v5

@@ -82,6 +82,12 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, help="seed of the held-out split (default: the run's)")
     e.add_argument("--out", help="output directory (default RUN_DIR/eval)")
     e.add_argument("--device", help="override the run's device")
+    e.add_argument(
+        "--no-baselines",
+        dest="baselines",
+        action="store_false",
+        help="the trained learner's curve only (the MuJoCo baselines train for minutes)",
+    )
 
     sub.add_parser("envs", help="list task distributions")
     sub.add_parser("algos", help="list algorithms")
@@ -225,7 +231,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
     if args.tasks < 1:
         raise UsageError("--tasks must be >= 1")
-    curves = evaluate_run(args.run_dir, args.tasks, args.seed, args.out, args.device)
+    curves = evaluate_run(
+        args.run_dir, args.tasks, args.seed, args.out, args.device, baselines=args.baselines
+    )
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     for name, curve in curves.items():
         total = curve.total()

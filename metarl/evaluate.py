@@ -242,6 +242,8 @@ def evaluate_run(
     seed: int | None = None,
     out: str | Path | None = None,
     device: str | None = None,
+    *,
+    baselines: bool = True,
 ) -> dict[str, Curve]:
     """Meta-tests the last checkpoint of ``run_dir`` on held-out tasks.
 
@@ -252,6 +254,9 @@ def evaluate_run(
             from the tasks it trained on).
         out: Output directory (default ``RUN_DIR/eval``).
         device: Override the run's device.
+        baselines: Add the env's baselines and the learner's own (e.g. MAML's fine-tuned
+            random init); False gives the trained learner's curve alone, whose values do
+            not depend on this flag.
 
     Returns:
         The curves, keyed by learner name (the trained learner under its algorithm name).
@@ -276,12 +281,18 @@ def evaluate_run(
         ) from None
     seed = config.train.seed if seed is None else seed
     tasks = problem.sample_test_tasks(num_tasks, seed)
-    curves = learner.evaluate(tasks, torch_generator(seed, EVAL_SEED_STREAM, device=dev))
+    generator = torch_generator(seed, EVAL_SEED_STREAM, device=dev)
+    # Only "no" is passed on, so a plug-in learner's two-argument evaluate() still works.
+    curves = (
+        learner.evaluate(tasks, generator)
+        if baselines
+        else learner.evaluate(tasks, generator, baselines=False)
+    )
     baseline_generator = torch_generator(seed, EVAL_SEED_STREAM, 1, device=dev)
     learner_curve = curves[config.algorithm]
-    if learner_curve.x_label == "episode":
+    if baselines and learner_curve.x_label == "episode":
         curves.update(baseline_curves(problem, tasks, baseline_generator))
-    elif hasattr(problem, "baseline_values"):
+    elif baselines and hasattr(problem, "baseline_values"):
         # Few-shot: chance-level baselines, flat across the learner's x (they do not adapt).
         for name, values in problem.baseline_values(tasks, baseline_generator).items():
             curves[name] = Curve(

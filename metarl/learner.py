@@ -75,9 +75,16 @@ class Learner(abc.ABC):
         """
 
     @abc.abstractmethod
-    def evaluate(self, tasks: Any, generator: torch.Generator) -> dict[str, Curve]:
+    def evaluate(
+        self, tasks: Any, generator: torch.Generator, *, baselines: bool | None = None
+    ) -> dict[str, Curve]:
         """Adaptation curves on held-out ``tasks``: the learner's own under its registered
-        name, plus any learner-specific baselines (e.g. a fine-tuned random init)."""
+        name, plus any learner-specific baselines (e.g. a fine-tuned random init).
+
+        ``baselines=False`` (``metarl eval --no-baselines``) asks for the learner's own
+        curve only; None lets the learner decide. Learners without baselines of their own
+        ignore it.
+        """
 
     def set_progress(self, iteration: int, total: int) -> None:
         """Called by the runner before each training iteration, for schedules.

@@ -85,6 +85,15 @@ def test_train_eval_smoke(env, tmp_path, capsys):
     assert list(per_task[0]) == ["learner", "x", "task", "value"]  # tensor tasks: no params
     assert len([r for r in per_task if r["learner"] == "rl2"]) == 2 * 6
     assert (run_dir / "eval" / "adaptation.png").stat().st_size > 1000
+    # --no-baselines: the learner's curve alone, with the same values.
+    out = tmp_path / "learner_only"
+    code, _, err = run(
+        ["eval", str(run_dir), "--tasks", "6", "--no-baselines", "--out", str(out)], capsys
+    )
+    assert code == 0, err
+    alone = read_csv(out / "adaptation.csv")
+    assert {r["learner"] for r in alone} == {"rl2"}
+    assert alone == [r for r in table if r["learner"] == "rl2"]
 
 
 def test_resume_matches_uninterrupted_run(tmp_path, capsys):

@@ -744,3 +744,27 @@ def test_cli_train_and_eval_smoke(algo, env, horizon, tmp_path, capsys, monkeypa
         # over the per-episode optimum; SB3's curve covers other tasks, so no figure.
         assert 0 < float(summary[_algo_name(algo)]["normalised"]) < 1.1
         assert summary["sb3-ppo"]["normalised"] == ""
+
+
+def test_cli_eval_no_baselines_skips_maml_baselines(tmp_path, capsys):
+    """``metarl eval --no-baselines`` writes MAML's own curve, unchanged, and trains none of
+    the fine-tuned baselines."""
+    run_dir = tmp_path / "run"
+    args = ["train", "maml-trpo", "nav2d", "--iterations", "1", "--logdir", str(run_dir)]
+    assert main([*args, "--set", "env.horizon=5", *TINY]) == 0
+    assert main(["eval", str(run_dir), "--tasks", "3"]) == 0
+    assert (
+        main(["eval", str(run_dir), "--tasks", "3", "--no-baselines", "--out", str(tmp_path / "o")])
+        == 0
+    )
+    capsys.readouterr()
+
+    def rows(path):
+        with open(path / "adaptation.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    full, alone = rows(run_dir / "eval"), rows(tmp_path / "o")
+    assert {r["learner"] for r in alone} == {"maml-trpo"}
+    assert {"random", "pretrained", "oracle"} <= {r["learner"] for r in full}
+    assert alone == [r for r in full if r["learner"] == "maml-trpo"]
+    assert not (tmp_path / "o" / "other_curves.csv").exists()

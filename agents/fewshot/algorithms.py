@@ -75,12 +75,17 @@ class FewShotAlgorithm(Learner):
     def x_label(self) -> str:
         return "gradient step" if self.learner.gradient_based else "shots"
 
-    def evaluate(self, tasks: Any, generator: torch.Generator) -> dict[str, Curve]:
+    def evaluate(
+        self, tasks: Any, generator: torch.Generator, *, baselines: bool | None = None
+    ) -> dict[str, Curve]:
         """Per-task query accuracy (MSE) of held-out ``tasks`` (an iterable of batches).
+
+        ``baselines`` is ignored: chance levels come from the problem (``metarl eval``).
 
         Each learner's ``evaluate`` manages its own grad mode (inner loops take gradients
         without building a graph to the meta-parameters).
         """
+        del baselines
         parts: dict[int, list[torch.Tensor]] = {}
         for batch in tasks:
             for x, values in self.learner.evaluate(batch).items():
