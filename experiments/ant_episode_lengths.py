@@ -71,7 +71,6 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    torch.manual_seed(args.seed)
     print(f"{args.env}, policy: {args.run or 'fresh MAML initialisation'}, seed {args.seed}")
     print("frame_skip  dt     mean length  ended by                 return  lengths")
     for frame_skip in args.frame_skips:
