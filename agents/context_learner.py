@@ -146,6 +146,14 @@ class ContextConfig:
                 raise ValueError(f"algo.{name} must be >= 0, got {getattr(self, name)}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
             raise ValueError("algo.gamma and algo.gae_lambda must lie in [0, 1]")
+        if self.minibatches > self.trials_per_iteration:
+            # A minibatch holds whole trials, so there can be at most one per trial; running
+            # fewer than asked while config.yaml records the request would be a silent lie.
+            raise ValueError(
+                f"algo.minibatches={self.minibatches} exceeds "
+                f"algo.trials_per_iteration={self.trials_per_iteration} (minibatches split "
+                f"whole trials); set algo.minibatches <= {self.trials_per_iteration}"
+            )
 
 
 class FeatureMLP(nn.Module):

@@ -16,7 +16,10 @@ The coefficients are those of the paper's code, cbfinn/maml_rl (rllab):
 ``rllab/envs/mujoco/half_cheetah_env_rand{,_direc}.py`` and
 ``rllab/envs/mujoco/ant_env_rand{,_direc}.py``. The dynamics and observations are
 gymnasium's v5 envs (official ``mujoco`` bindings), which differ from rllab's in several
-ways; every class docstring lists where implementations disagree and what we chose.
+ways; every class docstring lists where implementations disagree and what we chose. One
+departure from v5 is deliberate: the Ant envs step at rllab's control period, 0.02 s
+(``frame_skip=2``, :data:`ANT_FRAME_SKIP`), not v5's 0.05 s, at which MAML's Ant never
+adapted.
 
 ``v_x`` is the finite difference ``(x_after - x_before) / dt`` of the root body's x
 coordinate ``qpos[0]`` across one env step, as in gymnasium, pytorch-maml-rl, PEARL and
@@ -47,6 +50,7 @@ from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 __all__ = [
     "ANT_CONTACT_COST",
     "ANT_CTRL_COST",
+    "ANT_FRAME_SKIP",
     "ANT_SURVIVE_REWARD",
     "ANT_VEL_OFFSET",
     "HALF_CHEETAH_CTRL_COST",
@@ -69,6 +73,13 @@ ANT_SURVIVE_REWARD = 0.05
 #: "make it happy, not suicidal": without it the per-step reward is negative and
 #: terminating early (falling over) would pay.
 ANT_VEL_OFFSET = 1.0
+
+#: MuJoCo steps per Ant env step: 2 x v5's 0.01 s timestep = rllab's ``dt = 0.02`` (its
+#: ant.xml: ``timestep=0.02``, no frame skip), not v5's ``frame_skip=5`` (0.05 s). At 0.05 s
+#: the MAML initialisation jumps the torso above the healthy height within ~50 steps (96 of
+#: 100 episodes) and an 800-iteration AntVel run never adapted; at 0.02 s both Ant tasks
+#: adapt within 100 iterations (experiments/RESULTS.md, "Ant at rllab's control period").
+ANT_FRAME_SKIP = 2
 
 #: Ant health: torso height in this closed range and a finite state (rllab and v5 agree).
 _ANT_HEALTHY_Z = (0.2, 1.0)
@@ -598,8 +609,8 @@ class AntDirEnv(_AntTaskEnv):
       gym/gymnasium ``timestep=0.01`` x ``frame_skip=5``, ``dt = 0.05``. This matters
       here: at ``dt = 0.05`` the MAML initialisation (Gaussian, std 1) jumps the torso
       above 1.0 within ~50 steps (96 of 100 episodes), at ``dt = 0.02`` it lasts ~146 steps
-      (``experiments/ant_episode_lengths.py``). [v5's ``frame_skip=5``; ``frame_skip=2``
-      gives rllab's ``dt``]
+      (``experiments/ant_episode_lengths.py``), and MAML adapts only at 0.02.
+      [``frame_skip=2``, rllab's ``dt``; ``frame_skip=5`` gives v5's]
     * Observations: rllab ``qpos`` (15, x and y included) + ``qvel`` (14) +
       ``clip(cfrc_ext)`` (14 x 6 = 84) + torso rotation matrix (9) + torso COM (3) = 125;
       pytorch-maml-rl the same 125 (older versions drop x, y: 123), float32; Ant-v5
@@ -622,7 +633,8 @@ class AntDirEnv(_AntTaskEnv):
         include_cfrc_ext_in_observation: v5 option; keep the 78 contact-force dims.
         terminate_when_unhealthy: End episodes when the ant flips or jumps.
         reset_noise_scale: v5's reset noise scale.
-        frame_skip: MuJoCo steps per env step (v5: 5, ``dt = 0.05``).
+        frame_skip: MuJoCo steps per env step (``dt = 0.01 * frame_skip``; 2 = rllab's
+            0.02 s, v5's own default is 5).
     """
 
     name = "ant-dir"
@@ -639,7 +651,7 @@ class AntDirEnv(_AntTaskEnv):
         include_cfrc_ext_in_observation: bool = True,
         terminate_when_unhealthy: bool = True,
         reset_noise_scale: float = 0.1,
-        frame_skip: int = 5,
+        frame_skip: int = ANT_FRAME_SKIP,
     ):
         super().__init__(
             horizon,
@@ -711,8 +723,8 @@ class AntVelEnv(_AntTaskEnv):
       gym/gymnasium ``timestep=0.01`` x ``frame_skip=5``, ``dt = 0.05``. This matters
       here: at ``dt = 0.05`` the MAML initialisation (Gaussian, std 1) jumps the torso
       above 1.0 within ~50 steps (96 of 100 episodes), at ``dt = 0.02`` it lasts ~146 steps
-      (``experiments/ant_episode_lengths.py``). [v5's ``frame_skip=5``; ``frame_skip=2``
-      gives rllab's ``dt``]
+      (``experiments/ant_episode_lengths.py``), and MAML adapts only at 0.02.
+      [``frame_skip=2``, rllab's ``dt``; ``frame_skip=5`` gives v5's]
     * Observations: rllab ``qpos`` (15, x and y included) + ``qvel`` (14) +
       ``clip(cfrc_ext)`` (14 x 6 = 84) + torso rotation matrix (9) + torso COM (3) = 125;
       pytorch-maml-rl the same 125 (older versions drop x, y: 123), float32; Ant-v5
@@ -735,7 +747,8 @@ class AntVelEnv(_AntTaskEnv):
         include_cfrc_ext_in_observation: v5 option; keep the 78 contact-force dims.
         terminate_when_unhealthy: End episodes when the ant flips or jumps.
         reset_noise_scale: v5's reset noise scale.
-        frame_skip: MuJoCo steps per env step (v5: 5, ``dt = 0.05``).
+        frame_skip: MuJoCo steps per env step (``dt = 0.01 * frame_skip``; 2 = rllab's
+            0.02 s, v5's own default is 5).
         velocity_low: Lower bound of the goal velocity.
         velocity_high: Upper bound of the goal velocity.
         velocity_offset: Constant added to ``-|v_x - v*|`` (rllab: 1.0).
@@ -755,7 +768,7 @@ class AntVelEnv(_AntTaskEnv):
         include_cfrc_ext_in_observation: bool = True,
         terminate_when_unhealthy: bool = True,
         reset_noise_scale: float = 0.1,
-        frame_skip: int = 5,
+        frame_skip: int = ANT_FRAME_SKIP,
         velocity_low: float = 0.0,
         velocity_high: float = 3.0,
         velocity_offset: float = ANT_VEL_OFFSET,

@@ -227,10 +227,13 @@ def _short_name(name: str) -> str:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from metarl.config import INT_MAX
     from metarl.evaluate import evaluate_run
 
     if args.tasks < 1:
         raise UsageError("--tasks must be >= 1")
+    if args.seed is not None and not 0 <= args.seed <= INT_MAX:
+        raise UsageError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
     curves = evaluate_run(
         args.run_dir, args.tasks, args.seed, args.out, args.device, baselines=args.baselines
     )
@@ -247,6 +250,8 @@ def cmd_check_env(args: argparse.Namespace) -> int:
     from metarl.testing import check_task_env
 
     env_cls = registry.resolve_env(args.env)
+    if registry.is_dataset(env_cls):
+        raise UsageError(f"{args.env} is a few-shot dataset; check-env checks meta-RL task envs")
     kwargs = {}
     for item in args.sets:
         section, key, value = parse_set(item)

@@ -203,7 +203,25 @@ class _SafeLoader(yaml.SafeLoader):
     PyYAML follows YAML 1.1, where a float needs a dot and a signed exponent, so
     ``--set algo.lr=1e-3`` would arrive as the string ``'1e-3'``. Only a resolver is added:
     the loader still constructs nothing but plain scalars, lists and mappings.
+
+    A key given twice in one mapping is an error: PyYAML keeps the last one silently, so
+    ``lr: 0.001`` followed later by ``lr: 0.5`` would train at 0.5 without a word.
     """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: set = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key: let PyYAML report it
+                continue
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {short_repr(key)} appears twice", key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
 
 
 _SafeLoader.add_implicit_resolver(
@@ -343,6 +361,19 @@ def check_fields(section: str, values: dict[str, Any], fields: dict[str, Any]) -
         if not isinstance(key, str) or key not in fields:
             raise ConfigError(_did_you_mean(f"unknown key {section}.{show_name(key)}", key, fields))
         ok, coerced = _type_ok(value, fields[key])
+        if (
+            not ok
+            and isinstance(value, str)
+            and value.strip().lower().lstrip("+-.")
+            in (
+                "inf",
+                "infinity",
+                "nan",
+            )
+        ):
+            # YAML reads inf/nan as strings (its spellings are .inf and .nan); either way
+            # the value is not a usable setting.
+            raise ConfigError(f"{section}.{key} must be a finite number, got {value}")
         if not ok:
             raise ConfigError(
                 f"{section}.{key} must be {_type_name(fields[key])}, "

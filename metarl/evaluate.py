@@ -26,10 +26,17 @@ from typing import Any
 import torch
 
 from metarl.checkpoint import CheckpointError, load_checkpoint, load_error_line
-from metarl.config import build_run_config
+from metarl.config import INT_MAX, ConfigError, build_run_config
 from metarl.learner import Curve
 from metarl.registry import resolve_algo, resolve_env
-from metarl.runner import CHECKPOINT, build_learner, build_problem, load_run
+from metarl.runner import (
+    CHECKPOINT,
+    RunDirError,
+    available_device,
+    build_learner,
+    build_problem,
+    load_run,
+)
 from metarl.tasks import torch_generator
 
 EVAL_SEED_STREAM = 2
@@ -262,6 +269,8 @@ def evaluate_run(
         The curves, keyed by learner name (the trained learner under its algorithm name).
     """
     run_dir = Path(run_dir)
+    if seed is not None and not 0 <= seed <= INT_MAX:
+        raise ConfigError(f"evaluation seed must be in [0, 2**63 - 1], got {seed}")
     data = load_run(run_dir)
     flags = {"device": device} if device else {}
     config, env_cls, learner_cls = build_run_config(
@@ -269,7 +278,15 @@ def evaluate_run(
     )
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    dev = torch.device(config.train.device)
+    dev = available_device(config.train.device)
+    out_dir = Path(out) if out else run_dir / "eval"
+    # Before the evaluation, which can take minutes: an unwritable --out fails now.
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise RunDirError(
+            f"cannot write the evaluation to {out_dir}: {e.strerror or type(e).__name__}"
+        ) from None
     problem = build_problem(config, env_cls, dev)
     learner = build_learner(config, learner_cls, problem, dev)
     state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
@@ -306,7 +323,6 @@ def evaluate_run(
     optimum = None
     if hasattr(distribution, "optimal_episode_return"):
         optimum = distribution.optimal_episode_return(tasks)
-    out_dir = Path(out) if out else run_dir / "eval"
     title = f"{config.algorithm} on {config.environment}"
     write_outputs(out_dir, curves, optimum, title=title, tasks=tasks)
     if hasattr(distribution, "trial_images") and learner_curve.batch is not None:

@@ -260,6 +260,8 @@ def resolve_env(name: str) -> Any:
         return load_target(known[name].target)
     if ":" in name:
         return load_target(name)
+    if name.endswith(".py"):
+        raise RegistryError(f"env {name!r} names a file but no class; use {name}:ClassName")
     raise _unknown("env", name, known)
 
 

@@ -55,6 +55,24 @@ class RunDirError(ValueError):
     """The run directory cannot be written, or another process is training in it."""
 
 
+def available_device(name: str) -> torch.device:
+    """``torch.device(name)``, or an :class:`EnvError` if this machine does not have it.
+
+    Checked before any env or network is built: otherwise a missing CUDA build surfaces
+    deep inside the first env or generator as a long, misleading error.
+    """
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise EnvError(f"device {name} requested but torch sees no CUDA device")
+    if device.type == "cuda" and device.index is not None:
+        count = torch.cuda.device_count()
+        if device.index >= count:
+            raise EnvError(f"device {name} requested but torch sees {count} CUDA device(s)")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise EnvError(f"device {name} requested but torch sees no MPS device")
+    return device
+
+
 def build_problem(config: RunConfig, env_cls: Any, device: torch.device) -> RLProblem:
     """Instantiates the task distribution and wraps it in an :class:`RLProblem`.
 
@@ -73,6 +91,11 @@ def build_problem(config: RunConfig, env_cls: Any, device: torch.device) -> RLPr
         distribution = env_cls(**config.env)
     except (TypeError, ValueError) as e:
         raise EnvError(f"env {name!r}: {e}") from None
+    except Exception as e:  # a user env's constructor failing is bad input, not a crash
+        raise EnvError(
+            f"env {name!r}: constructing {getattr(env_cls, '__name__', env_cls)} raised "
+            f"{type(e).__name__}: {e}"
+        ) from None
     if hasattr(distribution, "make_batched_env"):
         factory = None
     elif isinstance(distribution, gym.Env):
@@ -181,11 +204,7 @@ class Runner:
         self.progress = progress
         if config.train.threads:
             torch.set_num_threads(config.train.threads)
-        self.device = torch.device(config.train.device)
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise EnvError("train.device is cuda but torch sees no CUDA device")
-        if self.device.type == "mps" and not torch.backends.mps.is_available():
-            raise EnvError("train.device is mps but torch sees no MPS device")
+        self.device = available_device(config.train.device)
         self.problem = build_problem(config, env_cls, self.device)
         self.learner = build_learner(config, learner_cls, self.problem, self.device)
         self.start_iteration = 0
@@ -212,6 +231,13 @@ class Runner:
         """
         path = self.run_dir / CHECKPOINT
         if not path.exists():
+            recorded = _recorded_checkpoint(self.run_dir)
+            if recorded:
+                # Restarting from scratch would silently discard that many iterations.
+                raise CheckpointError(
+                    f"checkpoint {path} is missing, but run.json records one at iteration "
+                    f"{recorded}; restore the file, or train in a new --logdir"
+                )
             print(
                 f"metarl: no checkpoint in {self.run_dir} yet; starting from iteration 0",
                 flush=True,
@@ -472,6 +498,19 @@ class _progress:
             self.bar.close()
 
 
+def _recorded_checkpoint(run_dir: Path) -> int:
+    """The checkpoint iteration ``run.json`` records (0 if none, or no readable run.json).
+
+    ``run.json``'s ``iteration`` is always the last *checkpointed* iteration.
+    """
+    try:
+        info = json.loads((run_dir / "run.json").read_text())
+        iteration = info.get("iteration", 0) if isinstance(info, dict) else 0
+        return iteration if isinstance(iteration, int) and iteration > 0 else 0
+    except (OSError, ValueError):
+        return 0
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Writes ``text`` to ``path`` so that readers see the old or the new file, never a torn one."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
@@ -533,6 +572,7 @@ __all__ = [
     "RunDirError",
     "Runner",
     "TrainingError",
+    "available_device",
     "build_learner",
     "build_problem",
     "dataclasses",

@@ -83,7 +83,26 @@ def _check_obs(obs: Any, space: gym.spaces.Box, where: str) -> str | None:
             f"observation dtype {obs.dtype} from {where} does not match "
             f"observation_space dtype {space.dtype}"
         )
-    return None
+    return _outside_bounds(obs, space, where)
+
+
+def _outside_bounds(obs: np.ndarray, space: gym.spaces.Box, where: str) -> str | None:
+    """One line if ``obs`` (shape ``space.shape``, or ``[n, *space.shape]``) leaves the box.
+
+    gymnasium's checker only warns about this; a learner that scales or embeds
+    observations by the declared bounds would then train on values it never expected.
+    """
+    obs = np.asarray(obs, dtype=np.float64)
+    low = np.broadcast_to(space.low, obs.shape)
+    high = np.broadcast_to(space.high, obs.shape)
+    bad = ~((obs >= low) & (obs <= high))  # NaN compares False: counted as outside
+    if not bad.any():
+        return None
+    i = tuple(int(k) for k in np.argwhere(bad)[0])
+    return (
+        f"observation from {where} lies outside observation_space: element {i} is "
+        f"{obs[i]:g}, bounds [{low[i]:g}, {high[i]:g}]"
+    )
 
 
 class _ContractError(Exception):
@@ -288,6 +307,11 @@ def _check_batched(dist_cls: Any, kwargs: dict[str, Any]) -> list[str]:
                 "expected a floating-point tensor"
             )
             break
+        if isinstance(space, gym.spaces.Box):
+            message = _outside_bounds(obs.detach().cpu().numpy(), space, f"batched {where}")
+            if message:
+                problems.append(message)
+                break
         if reward is not None and (reward.shape != (n,) or not torch.isfinite(reward).all()):
             problems.append(
                 f"step() returned a non-finite reward (step {i})"

@@ -137,6 +137,21 @@ class BatchedWrongShape(CountingDistribution):
 class _WideCounting(CountingEnv):
     def _obs(self):
         return torch.cat([super()._obs(), torch.zeros(self.num_envs, 1)], -1)
+
+
+class OutOfBounds(Good):
+    def _obs(self):
+        return np.array([self.x, 20.0 * self.t], np.float32)  # leaves [-10, 10] at t = 1
+
+
+class BatchedOutOfBounds(CountingDistribution):
+    def make_batched_env(self, num_envs, device="cpu"):
+        return _HugeCounting(num_envs, self.episode_length, self.terminate, self.ragged, device)
+
+
+class _HugeCounting(CountingEnv):
+    def _obs(self):
+        return torch.stack([self.count * 1e7, self.tasks.offset], -1)  # leaves [-1e6, 1e6]
 '''
 
 
@@ -180,6 +195,16 @@ def test_correct_env_passes(env_file, capsys):
         ("BatchedIgnoresSeed", "reset ignores the seed"),
         ("BatchedUnpicklable", "tasks cannot be pickled (needed by process and Ray samplers)"),
         ("BatchedWrongShape", "batched reset() observations have shape (8, 3), expected (8, 2)"),
+        (
+            "OutOfBounds",
+            "observation from step() lies outside observation_space: element (1,) is 20, "
+            "bounds [-10, 10]",
+        ),
+        (
+            "BatchedOutOfBounds",
+            "observation from batched step() lies outside observation_space: element (0, 0) is "
+            "1e+07, bounds [-1e+06, 1e+06]",
+        ),
     ],
 )
 def test_each_broken_contract_is_one_precise_line(env_file, capsys, name, expected):
@@ -193,7 +218,7 @@ def test_each_broken_contract_is_one_precise_line(env_file, capsys, name, expect
 def test_builtin_envs_pass():
     from metarl.registry import resolve_env
 
-    for name in ("bandit", "tabular-mdp", "nav2d"):
+    for name in ("bandit", "tabular-mdp", "nav2d", "maze"):
         assert check_task_env(resolve_env(name)) == [], name
 
 

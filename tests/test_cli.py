@@ -175,6 +175,11 @@ def _one_line_error(code, err, expected):
         (["train", "rl2", "bandit", "--bogus"], "unrecognized arguments"),
         (["train", "rl2", "nowhere/file.py:Env"], "no such file"),
         (["eval", "/nonexistent/run"], "not a metarl run directory"),
+        (["eval", "/nonexistent/run", "--seed", "-1"], "--seed must be in [0, 2**63 - 1]"),
+        (["train", "rl2", "bandit", "--set", "algo.clip=inf"], "algo.clip must be a finite"),
+        (["train", "rl2", "bandit", "--set", "algo.minibatches=9", *SMALL], "minibatches=9"),
+        (["check-env", "sinusoid"], "few-shot dataset"),
+        (["check-env", "my_env.py"], "use my_env.py:ClassName"),
         (["frobnicate"], "invalid choice"),
     ],
 )
@@ -183,6 +188,17 @@ def test_bad_usage_is_one_line_exit_2(args, expected, capsys, tmp_path):
     code, _, err = run(args, capsys)
     _one_line_error(code, err, expected)
     assert not (tmp_path / "r" / "run.json").exists()
+
+
+def test_duplicate_yaml_keys_are_refused(tmp_path, capsys):
+    """PyYAML keeps the last of two equal keys; a config must not pass with one ignored."""
+    bad = tmp_path / "dup.yaml"
+    bad.write_text("algo:\n  lr: 0.001\n  epochs: 2\n  lr: 0.5\n")
+    code, _, err = run(["train", "rl2", "bandit", "--config", str(bad)], capsys)
+    _one_line_error(code, err, "line 4: key 'lr' appears twice")
+    bad.write_text("algo: {lr: 0.1, lr: 0.2}\n")
+    code, _, err = run(["train", "rl2", "bandit", "--config", str(bad)], capsys)
+    _one_line_error(code, err, "key 'lr' appears twice")
 
 
 def test_malformed_yaml(tmp_path, capsys):
@@ -221,6 +237,16 @@ class BadStep(gym.Env):
 
     def step(self, action):
         return np.zeros(1, np.float32), 0.0, False  # wrong arity
+
+
+class FailsToConstruct(BadStep):
+    def __init__(self):
+        raise RuntimeError("no licence server")
+
+
+class OutOfBounds(BadStep):
+    def step(self, action):
+        return np.full(1, 50.0, np.float32), 0.0, False, False, {}  # space is [-1, 1]
 """
 
 
@@ -233,6 +259,16 @@ def test_broken_user_env(tmp_path, capsys):
     _one_line_error(code, err, "BadStep")
     code, out, err = run(["check-env", f"{path}:BadStep"], capsys)
     assert code == 1 and "FAIL" in out
+    code, _, err = run(
+        ["train", "rl2", f"{path}:FailsToConstruct", "--logdir", str(tmp_path / "c")], capsys
+    )
+    _one_line_error(code, err, "constructing FailsToConstruct raised RuntimeError: no licence")
+    code, _, err = run(
+        ["train", "rl2", f"{path}:OutOfBounds", "--logdir", str(tmp_path / "d")], capsys
+    )
+    _one_line_error(code, err, "element (0,) is 50, bounds [-1, 1]")
+    code, out, _ = run(["check-env", f"{path}:OutOfBounds"], capsys)
+    assert code == 1 and "FAIL observation from step() lies outside observation_space" in out
 
 
 def test_missing_and_corrupt_checkpoint(tmp_path, capsys):
@@ -257,6 +293,22 @@ def test_missing_and_corrupt_checkpoint(tmp_path, capsys):
     ckpt.unlink()
     code, _, err = run(["eval", str(run_dir)], capsys)
     _one_line_error(code, err, "no checkpoint")
+    # run.json records a checkpoint at iteration 1: starting over would discard it.
+    code, _, err = run(["train", "--resume", "--logdir", str(run_dir)], capsys)
+    _one_line_error(code, err, "is missing, but run.json records one at iteration 1")
+
+
+def test_eval_output_and_device_errors(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    args = ["train", "rl2", "bandit", "--iterations", "1", "--logdir", str(run_dir), *SMALL]
+    assert run(args, capsys)[0] == 0
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    code, _, err = run(["eval", str(run_dir), "--tasks", "2", "--out", str(a_file)], capsys)
+    _one_line_error(code, err, f"cannot write the evaluation to {a_file}")
+    if not torch.cuda.is_available():
+        code, _, err = run(["eval", str(run_dir), "--tasks", "2", "--device", "cuda"], capsys)
+        _one_line_error(code, err, "device cuda requested but torch sees no CUDA device")
 
 
 def test_user_gym_env_trains_with_rl2(tmp_path, capsys):

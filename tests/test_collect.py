@@ -229,7 +229,9 @@ def test_time_features_agree_between_acting_and_training(learner_name):
     problem = RLProblem(resolve_env("nav2d")(), episodes=4, max_episode_steps=3)
     cls = resolve_algo(learner_name)
     extra = {"hidden_size": 8} if learner_name == "rl2" else {}
-    learner = cls(problem, cls.config_cls(trials_per_iteration=3, time_features=True, **extra))
+    learner = cls(
+        problem, cls.config_cls(trials_per_iteration=3, minibatches=3, time_features=True, **extra)
+    )
     seen = []
     encoder_forward = learner.net.encoder.forward
 
@@ -262,7 +264,9 @@ def test_previous_observation_input_agrees_between_acting_and_training(learner_n
     problem = RLProblem(resolve_env("tabular-mdp")(), episodes=3)
     cls = resolve_algo(learner_name)
     extra = {"hidden_size": 8} if learner_name == "rl2" else {}
-    config = cls.config_cls(trials_per_iteration=2, prev_obs=True, input_embed=16, **extra)
+    config = cls.config_cls(
+        trials_per_iteration=2, minibatches=2, prev_obs=True, input_embed=16, **extra
+    )
     learner = cls(problem, config)
     assert learner.net.encoder.output_size == 16
     seen = []
@@ -301,7 +305,9 @@ def test_head_mlp_agrees_between_acting_and_training(learner_name, optimizer):
     problem = RLProblem(resolve_env("tabular-mdp")(), episodes=3)
     cls = resolve_algo(learner_name)
     extra = {"hidden_size": 8} if learner_name == "rl2" else {}
-    config = cls.config_cls(trials_per_iteration=2, head_hidden=12, optimizer=optimizer, **extra)
+    config = cls.config_cls(
+        trials_per_iteration=2, minibatches=2, head_hidden=12, optimizer=optimizer, **extra
+    )
     learner = cls(problem, config)
     trunks = [learner.net.trunk] + ([learner.net.value_trunk] if optimizer == "trpo" else [])
     assert all(isinstance(t, FeatureMLP) and t.output_size == 12 for t in trunks)

@@ -20,6 +20,7 @@ import gymnasium as gym
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
 
 from envs.mujoco_dirvel import (
+    ANT_FRAME_SKIP,
     AntDirEnv,
     AntVelEnv,
     HalfCheetahDirEnv,
@@ -245,7 +246,7 @@ def test_halfcheetah_model_equals_v5_without_the_settotalmass_warning(cls, capfd
 def _ant_standing_state(env):
     """A state with feet on the floor (contact forces > 0), moving forward."""
     env.reset(seed=0)
-    for _ in range(20):  # let the ant drop onto its legs
+    for _ in range(round(1.0 / env.dt)):  # let the ant drop onto its legs (1 s)
         env.step(np.zeros(8, np.float32))
     qpos, qvel = env.data.qpos.copy(), env.data.qvel.copy()
     qvel[0] += 0.5
@@ -261,7 +262,7 @@ def _ant_expected_costs(env, action):
 
 @pytest.mark.parametrize("direction", [1.0, -1.0])
 def test_ant_dir_reward_matches_formula(direction):
-    env = AntDirEnv(horizon=50)
+    env = AntDirEnv(horizon=100)  # the standing state takes 50 steps
     env.set_task({"direction": direction})
     env.set_state(*_ant_standing_state(env))
     x_before = env.data.qpos[0]
@@ -277,7 +278,7 @@ def test_ant_dir_reward_matches_formula(direction):
 
 
 def test_ant_vel_reward_matches_formula():
-    env = AntVelEnv(horizon=50)
+    env = AntVelEnv(horizon=100)
     env.set_task({"velocity": 2.25})
     env.set_state(*_ant_standing_state(env))
     x_before = env.data.qpos[0]
@@ -307,6 +308,17 @@ def test_ant_terminates_when_unhealthy(cls):
     lenient.set_state(qpos, np.zeros(lenient.model.nv))
     assert not lenient.step(np.zeros(8, np.float32))[2]
     lenient.close()
+
+
+@pytest.mark.parametrize("cls", [AntDirEnv, AntVelEnv])
+def test_ant_steps_at_rllabs_control_period(cls):
+    """Ant defaults to rllab's dt = 0.02 s; v5's 0.05 s stays one argument away."""
+    env = cls(horizon=3)
+    assert env.frame_skip == ANT_FRAME_SKIP == 2
+    assert env.dt == pytest.approx(0.02)
+    assert cls(horizon=3, frame_skip=5).dt == pytest.approx(0.05)
+    assert HalfCheetahDirEnv(horizon=3).dt == pytest.approx(0.05)  # cheetah keeps v5's
+    env.close()
 
 
 def test_ant_obs_without_contact_forces():

@@ -361,7 +361,8 @@ def test_agent_interleave_attention_builds_tc_att_tc_att_and_acts_as_it_trains()
 
     problem = RLProblem(resolve_env("tabular-mdp")(), episodes=3, max_episode_steps=4)
     config = SNAILAgentConfig(
-        optimizer="trpo", trials_per_iteration=3, filters=4, key_size=5, value_size=3,
+        optimizer="trpo", trials_per_iteration=3, minibatches=3, filters=4, key_size=5,
+        value_size=3,
         critic_width=2, interleave_attention=True,
     )  # fmt: skip
     learner = SNAIL(problem, config)
