@@ -473,7 +473,11 @@ class ContextLearner(Learner):
         x = net.encode_batch(batch).detach()
 
         def policy_params() -> torch.Tensor:
-            return net.head(net.trunk(x))
+            # The Fisher-vector products differentiate this twice; cuDNN's RNN kernels have
+            # no double backward (RL²'s GRU/LSTM on CUDA), torch's native ones do. On CPU,
+            # and for SNAIL (no RNN), the flag changes nothing.
+            with torch.backends.cudnn.flags(enabled=False):
+                return net.head(net.trunk(x))
 
         def loss_fn() -> torch.Tensor:
             return surrogate_loss(

@@ -611,7 +611,11 @@ def tune_bandit_baseline(
             f"{name!r} has no tunable hyperparameter; tunable: {sorted(BANDIT_HYPERPARAMETERS)}"
         )
     grid = list(BANDIT_DEFAULT_GRIDS[name] if grid is None else grid)
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator else 0
+    seed = (
+        int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        if generator
+        else 0
+    )
     best_value, best_return = grid[0], -math.inf
     for value in grid:
         policy = BANDIT_BASELINES[name](

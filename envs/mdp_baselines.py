@@ -591,7 +591,11 @@ def tune_mdp_baseline(
         )
     grid = list(MDP_DEFAULT_GRIDS[name] if grid is None else grid)
     _, S, A = tasks.reward_mean.shape
-    seed = int(torch.randint(0, 2**62, (1,), generator=generator)) if generator else 0
+    seed = (
+        int(torch.randint(0, 2**62, (1,), generator=generator, device=generator.device))
+        if generator
+        else 0
+    )
     best_value, best_return = grid[0], -math.inf
     for value in grid:
         policy = MDP_BASELINES[name](

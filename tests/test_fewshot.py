@@ -575,3 +575,14 @@ def test_reptile_inner_minibatches_cover_the_task_once_per_round():
     assert [len(b) for b in seen] == [2, 2, 2]
     # The three batches together are the six examples, each once (one permutation).
     assert sorted(torch.cat(seen).tolist()) == sorted(y.tolist())
+
+
+def test_snail_construction_leaves_batchnorm_statistics_alone():
+    """The embedding-width probe at construction is not a training batch."""
+    learner = SNAILClassifier(SNAILClassifierConfig(hidden=8, blocks="small"), 5, (1, SIZE, SIZE))
+    norms = [m for m in learner.nets["encoder"].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and learner.nets["encoder"].training
+    for norm in norms:
+        assert int(norm.num_batches_tracked) == 0
+        assert torch.equal(norm.running_mean, torch.zeros_like(norm.running_mean))
+        assert torch.equal(norm.running_var, torch.ones_like(norm.running_var))

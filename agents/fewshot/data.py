@@ -158,7 +158,10 @@ class ClassImages:
         """Global class ids ``char_id · 4 + rotation`` of every class (for overlap checks)."""
         if not self.rotations:
             return self.char_ids * ROTATIONS
-        return (self.char_ids[:, None] * ROTATIONS + torch.arange(ROTATIONS)).reshape(-1)
+        return (
+            self.char_ids[:, None] * ROTATIONS
+            + torch.arange(ROTATIONS, device=self.char_ids.device)
+        ).reshape(-1)
 
     def to(self, device: torch.device | str) -> ClassImages:
         """The same classes on ``device``."""

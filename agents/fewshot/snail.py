@@ -126,8 +126,12 @@ class SNAILClassifier(FewShotLearner):
             mlp_hidden=config.mlp_hidden,
             track_running_stats=True,
         )
+        # A probe for the embedding width, in eval mode: in train mode it would count as a
+        # BatchNorm batch and pull the running statistics towards a zero image.
+        self.nets["encoder"].eval()
         with torch.no_grad():
             embed_dim = self.nets["encoder"](torch.zeros(1, *self.input_shape)).shape[-1]
+        self.nets["encoder"].train()
         self.nets["embed_norm"] = nn.LayerNorm(embed_dim) if config.embed_norm else nn.Identity()
         self.label_dim = 1 if regression else self.num_ways
         blocks = (
