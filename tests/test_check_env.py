@@ -89,6 +89,14 @@ class UnpicklableTasks(Good):
         self.goal = task.goal
 
 
+class LambdaTaskEnv(Good):
+    def sample_tasks(self, n, rng):
+        return [lambda g=float(g): g for g in rng.uniform(-3, 3, n)]  # new objects each call
+
+    def set_task(self, task):
+        self.goal = task()
+
+
 class NaNReward(Good):
     def _reward(self):
         return float("nan") if self.t == 3 else super()._reward()
@@ -190,6 +198,9 @@ def test_correct_env_passes(env_file, capsys):
             "tasks cannot be pickled (needed by process and Ray samplers): "
             "TypeError: cannot pickle '_thread.lock' object",
         ),
+        # The one line: lambdas also compare by identity, which must not add a second
+        # "sample_tasks is not deterministic" line (the error text varies by Python version).
+        ("LambdaTaskEnv", "tasks cannot be pickled (needed by process and Ray samplers): "),
         ("NaNReward", "step() returned a non-finite reward (nan)"),
         ("IgnoresSeed", "reset ignores the seed"),
         ("BatchedIgnoresSeed", "reset ignores the seed"),
