@@ -66,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
         help="training-time budget of this invocation (train.max_minutes; 0 = none); "
         "with --resume it gives the continued run a new budget",
     )
-    t.add_argument("--device", help="cpu or cuda")
+    t.add_argument("--device", help="cpu, cuda, cuda:N or mps")
     t.add_argument("--logdir", help="run directory (default runs/ALGO-ENV-seedN-TIME)")
     t.add_argument("--resume", action="store_true", help="continue the run in --logdir")
     t.add_argument(

@@ -90,7 +90,7 @@ class TrainConfig:
     seed: int = 0
     """Seed of everything: task splits, env noise, policy sampling, initialisation."""
     device: str = "cpu"
-    """Torch device: ``cpu`` or ``cuda`` (``cuda:N``)."""
+    """Torch device: ``cpu``, ``cuda`` (``cuda:N``) or ``mps``."""
     eval_every: int = 10
     """Meta-test on held-out tasks every N iterations (0 disables; the last always runs)."""
     eval_tasks: int = 200
@@ -151,7 +151,9 @@ class TrainConfig:
                 f"train.init_from must be a checkpoint path, got {short_repr(self.init_from)}"
             )
         if not DEVICE_PATTERN.fullmatch(self.device):
-            raise ValueError(f"train.device must be cpu or cuda[:N], got {short_repr(self.device)}")
+            raise ValueError(
+                f"train.device must be cpu, cuda[:N] or mps, got {short_repr(self.device)}"
+            )
 
 
 @dataclasses.dataclass

@@ -432,7 +432,7 @@ def test_malformed_config_files(text, expected, tmp_path, capsys):
     [
         ("train.seed=-1", "train.seed must be >= 0"),
         ("train.seed=100000000000000000000", "out of range (integers must fit in 64 bits)"),
-        ("train.device=cuda:abc", "train.device must be cpu or cuda[:N]"),
+        ("train.device=cuda:abc", "train.device must be cpu, cuda[:N] or mps"),
         ("train.threads=-3", "train.threads must be >= 0"),
         ("train.worker_timeout=.nan", "must be a finite number"),
         ("algo.lr=.inf", "algo.lr must be a finite number"),
