@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import assert_trained
 
 from metarl.checkpoint import load_checkpoint
 from metarl.cli import main
@@ -42,7 +43,14 @@ def test_envs_and_algos_listings(capsys):
     assert {"bandit", "tabular-mdp", "nav2d"} <= set(names)
     assert all(len(line.split(None, 1)) == 2 for line in out.strip().splitlines())
     code, out, _ = run(["algos"], capsys)
-    assert (code == 0 and out.startswith("rl2")) or "rl2 " in out
+    assert code == 0
+    rows = [line.split(None, 1) for line in out.strip().splitlines()]
+    meta_rl = [name for name, text in rows if not text.startswith("few-shot:")]
+    few_shot = [name for name, text in rows if text.startswith("few-shot:")]
+    assert {"rl2", "snail", "maml-trpo", "meta-sgd"} <= set(meta_rl)
+    assert {"maml", "snail", "protonet"} <= set(few_shot)
+    kinds = [text.startswith("few-shot:") for _, text in rows]
+    assert kinds == sorted(kinds)  # meta-RL algorithms first, then few-shot learners
 
 
 @pytest.mark.parametrize("env", ["bandit", "tabular-mdp", "nav2d"])
@@ -65,6 +73,7 @@ def test_train_eval_smoke(env, tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
+    assert_trained(run_dir)
     assert {"config.yaml", "metrics.csv", "checkpoints", "run.json"} <= {
         p.name for p in run_dir.iterdir()
     }
@@ -474,6 +483,8 @@ def test_nan_reward_from_env_is_named(tmp_path, capsys):
         ("rl2", "bandit", "vpg"),
         ("rl2", "maze", "ppo"),
         ("snail", "maze", "ppo"),
+        ("rl2", "halfcheetah-dir", "ppo"),
+        ("snail", "halfcheetah-dir", "trpo"),
     ],
 )
 def test_algorithm_smoke(algo, env, optimizer, tmp_path, capsys):
@@ -481,6 +492,9 @@ def test_algorithm_smoke(algo, env, optimizer, tmp_path, capsys):
     extra = ["--set", "trial.max_episode_steps=8"] if env in ("nav2d", "maze") else []
     if env == "maze":
         extra += ["--set", "algo.obs_embed=16"]
+    if env == "halfcheetah-dir":
+        pytest.importorskip("mujoco", reason="the mujoco extra is not installed")
+        extra += ["--set", "env.horizon=6"]
     code, _, err = run(
         [
             "train",
@@ -506,6 +520,7 @@ def test_algorithm_smoke(algo, env, optimizer, tmp_path, capsys):
         capsys,
     )
     assert code == 0, err
+    assert_trained(run_dir)
     rows = read_csv(run_dir / "metrics.csv")
     assert len(rows) == 2 and rows[1]["meta_test/return"] != ""
     if optimizer == "trpo":

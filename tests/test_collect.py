@@ -59,6 +59,47 @@ def test_episode_and_trial_boundaries_with_counting_env():
     assert batch.final_obs[3, 0, 0] == 4 and batch.final_obs[2, 0, 0] == 0
 
 
+def test_memory_is_reset_between_trials_and_carried_within():
+    """Each collection is a new trial: the policy's state starts over, then runs on."""
+    dist = CountingDistribution(episode_length=4, terminate=True)
+    first, policy = collect(dist)
+    second, policy = collect(dist, policy=policy)
+    assert policy.resets == 2  # one initial_state per trial, none at episode boundaries
+    steps = torch.arange(12, dtype=torch.float32)
+    for batch in (first, second):
+        # value = steps since the trial started: 0 again at the second trial's first step,
+        # and never reset at the episode boundaries (t = 4, 8).
+        assert torch.equal(batch.value, steps[:, None].expand(12, 4))
+        assert batch.trial_start[0].all() and not batch.trial_start[1:].any()
+
+
+def test_trial_gae_on_counting_env_has_the_hand_answer():
+    """RL²'s advantages run across episode boundaries and stop at the trial end.
+
+    With γ = λ = 1, no normalisation and V(t) = t (the recording policy's value: steps
+    since the trial started), a trial of L steps paying ``1 + offset`` each has advantage
+    ``(L - t) · (1 + offset) - t`` at step t: the whole rest of the *trial*, not of the
+    episode. Ragged rows (L = 12 or 9) check that padding adds nothing.
+    """
+    from agents.rl2 import RL2, RL2Config
+
+    dist = CountingDistribution(episode_length=4, terminate=True, ragged=True)
+    batch, _ = collect(dist, rows=4, episodes=3)
+    config = RL2Config(
+        gamma=1.0, gae_lambda=1.0, normalize_advantages=False, hidden_size=4,
+        trials_per_iteration=4,
+    )  # fmt: skip
+    adv, ret = RL2(RLProblem(dist, 3), config).advantages(batch)
+    for b in range(4):
+        offset = float(batch.obs[0, b, 1])
+        length = 3 * (4 - int(offset) % 2)
+        t = torch.arange(length, dtype=torch.float32)
+        expected = (length - t) * (1 + offset) - t
+        assert torch.allclose(adv[:length, b], expected), b
+        assert torch.allclose(ret[:length, b], (length - t) * (1 + offset)), b
+        assert not batch.valid[length:, b].any()
+
+
 def test_prev_inputs_online_equal_batch_previous():
     batch, policy = collect(CountingDistribution(episode_length=3, terminate=True), episodes=2)
     prev_action, prev_reward, prev_done = batch.previous()

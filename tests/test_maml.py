@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from helpers import assert_trained
 
 from agents import maml_baselines
 from agents.linear_baseline import fit_ridge, linear_baseline_values, linear_features
@@ -597,13 +598,24 @@ def test_collect_through_narrow_problem_matches_wide():
         k: v.detach().unsqueeze(0).repeat(4, *([1] * v.dim()))
         for k, v in learner.net.named_parameters()
     }
-    params["log_std"] = params["log_std"] - 5.0  # near-deterministic: rows comparable
+    for i in range(4):  # each task its own weights: a row sent to the wrong task shows
+        for name, v in params.items():
+            if name != "log_std":
+                v[i] += 0.5 * i
+    # Near-deterministic (std e^-20): chunks draw their noise in another order, so only
+    # then are the two collections comparable row by row, and tightly.
+    params["log_std"] = params["log_std"] - 20.0
     a = learner.sampler.collect(learner.net, params, tasks, 3, torch.Generator().manual_seed(1))
     learner.problem = narrow
     learner.sampler.problem = narrow
     b = learner.sampler.collect(learner.net, params, tasks, 3, torch.Generator().manual_seed(1))
-    assert a.obs.shape == b.obs.shape
-    torch.testing.assert_close(a.obs, b.obs, atol=2e-2, rtol=0)
+    assert a.obs.shape == b.obs.shape == (6, 12, 2)
+    torch.testing.assert_close(a.obs, b.obs, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.action, b.action, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.reward, b.reward, atol=1e-5, rtol=0)
+    # The premise: the four tasks' policies act differently (so a mix-up would be caught).
+    first_actions = a.action[0].reshape(4, 3, 2)[:, 0]
+    assert torch.cdist(first_actions, first_actions).add(torch.eye(4)).min() > 1e-2
 
 
 @pytest.mark.parametrize("eval_trajectories,expected", [(0, 3), (5, 5)])
@@ -706,6 +718,7 @@ def test_cli_train_and_eval_smoke(algo, env, horizon, tmp_path, capsys, monkeypa
     code = main([*args, *extra, *TINY])
     _, err = capsys.readouterr()
     assert code == 0, err
+    assert_trained(run_dir)
     with open(run_dir / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["iteration"] for r in rows] == ["0", "1"]

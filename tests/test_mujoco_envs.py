@@ -14,7 +14,7 @@ import warnings
 import numpy as np
 import pytest
 
-pytest.importorskip("mujoco")
+pytest.importorskip("mujoco", reason="the mujoco extra is not installed")
 
 import gymnasium as gym
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
@@ -91,6 +91,15 @@ def test_passes_gymnasium_and_sb3_env_checkers(cls):
     check_env(env, skip_render_check=True)
     sb3_check_env(env, warn=False)
     env.close()
+
+
+@pytest.mark.parametrize("cls", ALL)
+def test_passes_metarl_check_env(cls):
+    """What `metarl check-env` and training run first: seeded reset, deterministic and
+    picklable tasks, observations of the declared shape, dtype and bounds."""
+    from metarl.testing import check_task_env
+
+    assert check_task_env(cls, {"horizon": 30}) == []
 
 
 @pytest.mark.parametrize("cls", ALL)

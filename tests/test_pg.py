@@ -42,7 +42,15 @@ def test_gae_lambda_one_equals_discounted_return_minus_value():
     v = torch.randn(6, 3)
     nv = next_values(v, torch.zeros_like(v), cut)
     adv, _ = gae(r, v, nv, cut, cut, gamma=0.95, lam=1.0)
-    assert torch.allclose(adv, discounted_returns(r, cut, 0.95) - v, atol=1e-5)
+    # Reward-to-go by a plain loop, independent of gae() (which discounted_returns uses).
+    expected = torch.zeros_like(r)
+    for b in range(r.shape[1]):
+        running = 0.0
+        for t in reversed(range(r.shape[0])):
+            running = float(r[t, b]) + (0.0 if cut[t, b] else 0.95 * running)
+            expected[t, b] = running
+    assert torch.allclose(adv, expected - v, atol=1e-5)
+    assert torch.allclose(discounted_returns(r, cut, 0.95), expected, atol=1e-5)
 
 
 def test_gae_does_not_leak_across_cuts():

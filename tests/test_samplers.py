@@ -224,7 +224,8 @@ def test_halfcheetah_dir_identical_across_backends(request):
 
 def test_maml_fast_weight_policy_shards_like_local(local, process):
     """Per-task fast weights (rows counted across chunks) survive sharding."""
-    maml = pytest.importorskip("agents.maml")
+    import agents.maml as maml  # the project's own module: a broken import must fail
+
     results = []
     for problem in (local, process):
         torch.manual_seed(0)
