@@ -565,16 +565,19 @@ def test_reptile_inner_minibatches_cover_the_task_once_per_round():
     original = learner.inner_loss
 
     def spy(params, data):
-        seen.append(data[1].clone())
+        seen.append(data[0].clone())
         return original(params, data)
 
     learner.inner_loss = spy
-    x = torch.randn(6, 1, SIZE, SIZE)
+    # Image i is filled with the value i, so the spy can tell the six examples apart (the
+    # labels, 0-4, cannot: two examples share label 0).
+    x = torch.arange(6.0)[:, None, None, None].expand(6, 1, SIZE, SIZE).contiguous()
     y = torch.arange(6) % 5
     learner._adapt_minibatched(fn.params_of(learner.model), x, y, torch.Generator().manual_seed(0))
     assert [len(b) for b in seen] == [2, 2, 2]
     # The three batches together are the six examples, each once (one permutation).
-    assert sorted(torch.cat(seen).tolist()) == sorted(y.tolist())
+    ids = torch.cat(seen)[:, 0, 0, 0].long().tolist()
+    assert sorted(ids) == list(range(6))
 
 
 def test_snail_construction_leaves_batchnorm_statistics_alone():
