@@ -189,16 +189,29 @@ class ActionRecorder:
         return out
 
 
-@pytest.mark.parametrize("name", ["ucb1", "thompson"])
-def test_regret_grows_sublinearly(name):
-    means = torch.tensor([[0.8, 0.2]]).repeat(500, 1)
-    recorder = ActionRecorder(BANDIT_BASELINES[name](num_arms=2, num_episodes=160))
+def _regret_curve(policy, arm_means):
+    means = torch.tensor([arm_means]).repeat(500, 1)
+    recorder = ActionRecorder(policy)
     run_bandit(recorder, means, 160, gen(5))
     gap = (means.max(1).values[None] - means[0][torch.stack(recorder.actions)]).mean(1)
-    regret = gap.cumsum(0)  # expected (pseudo-)regret averaged over rows
+    return gap.cumsum(0)  # expected (pseudo-)regret averaged over rows
+
+
+# Both orders of the arms: index-0 tie-breaking must not be what makes a policy look good.
+@pytest.mark.parametrize("arm_means", [[0.8, 0.2], [0.2, 0.8]])
+@pytest.mark.parametrize("name", ["ucb1", "thompson"])
+def test_regret_grows_sublinearly(name, arm_means):
+    regret = _regret_curve(BANDIT_BASELINES[name](num_arms=2, num_episodes=160), arm_means)
     ratio = (regret[159] / regret[39]).item()
     assert ratio < 2.5, ratio  # linear regret would give 4 (measured: UCB1 2.0, TS 1.3)
     assert regret[159].item() < 0.1 * 160 * 0.6
+
+
+def test_regret_check_rejects_linear_regret():
+    """The bound above has teeth: ε-greedy with a fixed ε = 0.3 explores forever."""
+    policy = BANDIT_BASELINES["eps-greedy"](num_arms=2, num_episodes=160, epsilon=0.3)
+    regret = _regret_curve(policy, [0.2, 0.8])
+    assert (regret[159] / regret[39]).item() > 3.0
 
 
 # ------------------------------------------------------------------- value iteration
