@@ -356,6 +356,12 @@ def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
+def _is_non_finite_word(text: str) -> bool:
+    """``inf``, ``-Infinity``, ``nan``...: YAML reads these as strings (its own spellings
+    are ``.inf`` and ``.nan``), but either way they are not a usable setting."""
+    return text.strip().lower().lstrip("+-.") in ("inf", "infinity", "nan")
+
+
 def check_fields(section: str, values: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
     """Validates keys and value types of one section against ``fields`` (name → type)."""
     out = {}
@@ -363,18 +369,7 @@ def check_fields(section: str, values: dict[str, Any], fields: dict[str, Any]) -
         if not isinstance(key, str) or key not in fields:
             raise ConfigError(_did_you_mean(f"unknown key {section}.{show_name(key)}", key, fields))
         ok, coerced = _type_ok(value, fields[key])
-        if (
-            not ok
-            and isinstance(value, str)
-            and value.strip().lower().lstrip("+-.")
-            in (
-                "inf",
-                "infinity",
-                "nan",
-            )
-        ):
-            # YAML reads inf/nan as strings (its spellings are .inf and .nan); either way
-            # the value is not a usable setting.
+        if not ok and isinstance(value, str) and _is_non_finite_word(value):
             raise ConfigError(f"{section}.{key} must be a finite number, got {value}")
         if not ok:
             raise ConfigError(

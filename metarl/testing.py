@@ -105,6 +105,19 @@ def _outside_bounds(obs: np.ndarray, space: gym.spaces.Box, where: str) -> str |
     )
 
 
+def _task_problems(tasks: Any, again: Any) -> list[str]:
+    """Tasks must pickle (for worker processes) and repeat for the same rng seed."""
+    try:
+        pickle.loads(pickle.dumps(tasks))
+    except Exception as e:
+        # Only this line: unpicklable tasks (lambdas, locks) often compare by identity too,
+        # so "not deterministic" would be a knock-on report, not a second problem.
+        return [f"tasks cannot be pickled (needed by process and Ray samplers): {_first_line(e)}"]
+    if not _same(tasks, again):
+        return ["sample_tasks is not deterministic: the same rng seed gave different tasks"]
+    return []
+
+
 class _ContractError(Exception):
     """A reset/step return value of the wrong form (reported as one problem)."""
 
@@ -173,19 +186,7 @@ def _gym_env_problems(env: gym.Env) -> list[str]:
         return [f"sample_tasks(4, rng) returned a {type(tasks).__name__}, not a sequence"]
     if len(tasks) != 4:
         return [f"sample_tasks(4, rng) returned {len(tasks)} tasks"]
-    try:
-        pickle.loads(pickle.dumps(tasks))
-    except Exception as e:
-        # Only this line: unpicklable tasks (lambdas, locks) often compare by identity too,
-        # so "not deterministic" would be a knock-on report, not a second problem.
-        problems.append(
-            f"tasks cannot be pickled (needed by process and Ray samplers): {_first_line(e)}"
-        )
-    else:
-        if not _same(tasks, again):
-            problems.append(
-                "sample_tasks is not deterministic: the same rng seed gave different tasks"
-            )
+    problems += _task_problems(tasks, again)
     obs_space, act_space = env.observation_space, env.action_space
     if not isinstance(act_space, gym.spaces.Discrete | gym.spaces.Box):
         problems.append(f"action space {act_space} is not supported (Discrete or Box)")
@@ -280,19 +281,7 @@ def _check_batched(dist_cls: Any, kwargs: dict[str, Any]) -> list[str]:
         return [f"sample_tasks({n}, rng) raised {_first_line(e)}"]
     if len(tasks) != n:
         return [f"sample_tasks({n}, rng) returned {len(tasks)} tasks"]
-    try:
-        pickle.loads(pickle.dumps(tasks))
-    except Exception as e:
-        # Only this line: unpicklable tasks (lambdas, locks) often compare by identity too,
-        # so "not deterministic" would be a knock-on report, not a second problem.
-        problems.append(
-            f"tasks cannot be pickled (needed by process and Ray samplers): {_first_line(e)}"
-        )
-    else:
-        if not _same(tasks, again):
-            problems.append(
-                "sample_tasks is not deterministic: the same rng seed gave different tasks"
-            )
+    problems += _task_problems(tasks, again)
     try:
         env = dist.make_batched_env(n, "cpu")
         first = _batched_rollout(env, tasks, seed=0)

@@ -199,25 +199,21 @@ def test_bad_usage_is_one_line_exit_2(args, expected, capsys, tmp_path):
     assert not (tmp_path / "r" / "run.json").exists()
 
 
-def test_duplicate_yaml_keys_are_refused(tmp_path, capsys):
-    """PyYAML keeps the last of two equal keys; a config must not pass with one ignored."""
-    bad = tmp_path / "dup.yaml"
-    bad.write_text("algo:\n  lr: 0.001\n  epochs: 2\n  lr: 0.5\n")
-    code, _, err = run(["train", "rl2", "bandit", "--config", str(bad)], capsys)
-    _one_line_error(code, err, "line 4: key 'lr' appears twice")
-    bad.write_text("algo: {lr: 0.1, lr: 0.2}\n")
-    code, _, err = run(["train", "rl2", "bandit", "--config", str(bad)], capsys)
-    _one_line_error(code, err, "key 'lr' appears twice")
-
-
-def test_malformed_yaml(tmp_path, capsys):
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("algo: {hidden_size: 8\ntrain: [\n", "malformed YAML"),
+        ("algo:\n  hiden_size: 8\n", "did you mean 'hidden_size'"),
+        # PyYAML keeps the last of two equal keys: a config must not pass with one ignored.
+        ("algo:\n  lr: 0.001\n  epochs: 2\n  lr: 0.5\n", "line 4: key 'lr' appears twice"),
+        ("algo: {lr: 0.1, lr: 0.2}\n", "key 'lr' appears twice"),
+    ],
+)
+def test_malformed_yaml(text, expected, tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
-    bad.write_text("algo: {hidden_size: 8\ntrain: [\n")
+    bad.write_text(text)
     code, _, err = run(["train", "rl2", "bandit", "--config", str(bad)], capsys)
-    _one_line_error(code, err, "malformed YAML")
-    bad.write_text("algo:\n  hiden_size: 8\n")
-    code, _, err = run(["train", "rl2", "bandit", "--config", str(bad)], capsys)
-    _one_line_error(code, err, "did you mean 'hidden_size'")
+    _one_line_error(code, err, expected)
 
 
 BROKEN_ENV = """
