@@ -31,7 +31,7 @@ def assert_trained(run_dir):
     from metarl.registry import resolve_algo, resolve_env
     from metarl.runner import build_learner, build_problem, load_run
 
-    rows = _read_csv(run_dir / "metrics.csv")
+    rows = read_csv(run_dir / "metrics.csv")
     for row in rows:
         for key, value in row.items():
             if key.split("/")[0] in ("losses", "meta_train", "meta_test") and value != "":
@@ -54,6 +54,7 @@ def assert_trained(run_dir):
     assert any(not torch.equal(initial[k], trained[k]) for k in params), "no parameter moved"
 
 
-def _read_csv(path):
+def read_csv(path):
+    """Rows of a CSV file as dicts."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))

@@ -1,13 +1,12 @@
 """The CLI contract: train, eval, resume, listings, and one-line errors with exit 2."""
 
-import csv
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import assert_trained
+from helpers import assert_trained, read_csv
 
 from metarl.checkpoint import load_checkpoint
 from metarl.cli import main
@@ -23,11 +22,6 @@ SMALL = [
     "train.eval_every=2",
     "--no-progress",
 ]
-
-
-def read_csv(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def run(args, capsys):
