@@ -83,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--out", help="output directory (default RUN_DIR/eval)")
     e.add_argument("--device", help="override the run's device")
     e.add_argument(
+        "--checkpoint",
+        help="a file in RUN_DIR/checkpoints (e.g. a train.snapshot_every snapshot, "
+        "iter_000050.pt) or a checkpoint path (default: checkpoints/last.pt)",
+    )
+    e.add_argument(
         "--no-baselines",
         dest="baselines",
         action="store_false",
@@ -235,7 +240,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.seed is not None and not 0 <= args.seed <= INT_MAX:
         raise UsageError(f"--seed must be in [0, 2**63 - 1], got {args.seed}")
     curves = evaluate_run(
-        args.run_dir, args.tasks, args.seed, args.out, args.device, baselines=args.baselines
+        args.run_dir,
+        args.tasks,
+        args.seed,
+        args.out,
+        args.device,
+        baselines=args.baselines,
+        checkpoint=args.checkpoint,
     )
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     for name, curve in curves.items():

@@ -97,6 +97,11 @@ class TrainConfig:
     """Held-out tasks used by the periodic meta-test."""
     checkpoint_every: int = 1
     """Write ``checkpoints/last.pt`` every N iterations (and at the end)."""
+    snapshot_every: int = 0
+    """Also keep ``checkpoints/iter_NNNNNN.pt`` every N iterations (0: ``last.pt`` only), so
+    that earlier points of a run can be evaluated (``metarl eval RUN --checkpoint
+    iter_000050.pt``): e.g. to pick a checkpoint on validation tasks when the held-out
+    return peaks before the end of training."""
     max_minutes: float = 0.0
     """Training-time budget of one ``metarl train`` invocation: stop after the iteration
     that reaches it, with a meta-test and a checkpoint (0 = none). ``--resume`` trains for
@@ -128,6 +133,7 @@ class TrainConfig:
             "eval_every": 0,
             "eval_tasks": 1,
             "checkpoint_every": 1,
+            "snapshot_every": 0,
             "threads": 0,
             "workers": 1,
         }

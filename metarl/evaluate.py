@@ -251,8 +251,9 @@ def evaluate_run(
     device: str | None = None,
     *,
     baselines: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> dict[str, Curve]:
-    """Meta-tests the last checkpoint of ``run_dir`` on held-out tasks.
+    """Meta-tests a checkpoint of ``run_dir`` (by default its last) on held-out tasks.
 
     Args:
         run_dir: A directory written by ``metarl train``.
@@ -264,6 +265,9 @@ def evaluate_run(
         baselines: Add the env's baselines and the learner's own (e.g. MAML's fine-tuned
             random init); False gives the trained learner's curve alone, whose values do
             not depend on this flag.
+        checkpoint: Which checkpoint: a file name in ``RUN_DIR/checkpoints`` (e.g. a
+            ``train.snapshot_every`` snapshot, ``iter_000050.pt``) or a path to a checkpoint
+            whose networks fit this run's configuration (default ``checkpoints/last.pt``).
 
     Returns:
         The curves, keyed by learner name (the trained learner under its algorithm name).
@@ -289,7 +293,13 @@ def evaluate_run(
         ) from None
     problem = build_problem(config, env_cls, dev)
     learner = build_learner(config, learner_cls, problem, dev)
-    state = load_checkpoint(run_dir / CHECKPOINT, map_location=dev)
+    path = run_dir / CHECKPOINT
+    if checkpoint is not None:
+        checkpoint = Path(checkpoint)
+        # A bare file name means one of this run's checkpoints; anything else is a path.
+        in_run = checkpoint.name == str(checkpoint)
+        path = run_dir / CHECKPOINT.parent / checkpoint if in_run else checkpoint
+    state = load_checkpoint(path, map_location=dev)
     try:
         learner.load_state_dict(state["learner"])
     except (KeyError, RuntimeError, ValueError, TypeError) as e:

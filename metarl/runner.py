@@ -40,6 +40,13 @@ from metarl.problem import RLProblem
 from metarl.tasks import torch_generator
 
 CHECKPOINT = Path("checkpoints") / "last.pt"
+
+
+def snapshot_path(iteration: int) -> Path:
+    """Where ``train.snapshot_every`` keeps the checkpoint taken after ``iteration``."""
+    return CHECKPOINT.parent / f"iter_{iteration:06d}.pt"
+
+
 EVAL_STREAM = 1
 
 
@@ -331,9 +338,9 @@ class Runner:
         if close is not None:
             close()
 
-    def _save(self, iteration: int) -> None:
+    def _save(self, iteration: int, path: Path = CHECKPOINT) -> None:
         save_checkpoint(
-            self.run_dir / CHECKPOINT,
+            self.run_dir / path,
             {
                 "iteration": iteration,
                 "learner": self.learner.state_dict(),
@@ -422,6 +429,8 @@ class Runner:
                     self._save(it + 1)
                     self.checkpointed = it + 1
                     self._status("running", iteration=it + 1)
+                if cfg.snapshot_every and (it + 1) % cfg.snapshot_every == 0:
+                    self._save(it + 1, snapshot_path(it + 1))
                 bar.update(metrics)
                 if out_of_time and it + 1 < cfg.iterations:
                     stopped_at = it + 1
@@ -577,4 +586,5 @@ __all__ = [
     "build_problem",
     "dataclasses",
     "load_run",
+    "snapshot_path",
 ]

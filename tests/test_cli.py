@@ -310,6 +310,43 @@ def test_eval_output_and_device_errors(tmp_path, capsys):
         _one_line_error(code, err, "device cuda requested but torch sees no CUDA device")
 
 
+def test_snapshots_are_kept_and_evaluable(tmp_path, capsys):
+    run_dir = tmp_path / "r"
+    # nav2d: continuous returns, so two different checkpoints cannot score the same.
+    args = ["train", "rl2", "nav2d", "--iterations", "4", "--logdir", str(run_dir), *SMALL]
+    args += ["--set", "trial.max_episode_steps=5", "--set", "train.snapshot_every=2"]
+    assert run(args, capsys)[0] == 0
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["iter_000002.pt", "iter_000004.pt", "last.pt"]
+    last, final, early = (
+        load_checkpoint(run_dir / "checkpoints" / name)
+        for name in ("last.pt", "iter_000004.pt", "iter_000002.pt")
+    )
+    assert final["iteration"] == last["iteration"] == 4 and early["iteration"] == 2
+    weights = last["learner"]["model"]
+    assert all(torch.equal(final["learner"]["model"][k], v) for k, v in weights.items())
+    assert any(not torch.equal(early["learner"]["model"][k], v) for k, v in weights.items())
+
+    outs = iter(range(100))
+
+    def evaluate(*extra):
+        out = tmp_path / f"eval{next(outs)}"
+        code, _, err = run(
+            ["eval", str(run_dir), "--tasks", "4", "--no-baselines", "--out", str(out), *extra],
+            capsys,
+        )
+        assert code == 0, err
+        return read_csv(out / "adaptation.csv")
+
+    # By name (in RUN/checkpoints) or by path; the final snapshot scores as last.pt does.
+    assert evaluate("--checkpoint", "iter_000004.pt") == evaluate()
+    by_path = evaluate("--checkpoint", str(run_dir / "checkpoints" / "iter_000002.pt"))
+    assert by_path == evaluate("--checkpoint", "iter_000002.pt")
+    assert by_path != evaluate()
+    code, _, err = run(["eval", str(run_dir), "--checkpoint", "iter_000003.pt"], capsys)
+    _one_line_error(code, err, "no checkpoint at")
+
+
 def test_user_gym_env_trains_with_rl2(tmp_path, capsys):
     path = tmp_path / "user_env.py"
     path.write_text('''
