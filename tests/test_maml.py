@@ -337,7 +337,7 @@ def test_trpo_step_same_with_gauss_newton_and_autograd_hvp(meta_sgd):
     torch.testing.assert_close(results[0], results[1], rtol=1e-6, atol=1e-8)
 
 
-def test_hvp_subsample_is_a_psd_estimate_and_exact_at_stride_one():
+def test_hvp_subsample_is_the_product_on_strided_rows():
     net = tiny_net(hidden=(4,))
     steps = [random_data(2, 12, seed=50, pad=False)]
     objective = _objective(net, steps, random_data(2, 12, seed=51, pad=False))
@@ -350,6 +350,11 @@ def test_hvp_subsample_is_a_psd_estimate_and_exact_at_stride_one():
     vf = flat(v.values())
     assert float(vf @ sub) > 0 and float(vf @ full) > 0
     assert not torch.allclose(full, sub)
+    # The stride-3 product is exactly the full product of the same curvature on every
+    # third row (weights renormalised), taken at the weights adapted on all rows.
+    strided = _objective(net, [steps[0].subsample(3)], objective.post.subsample(3))
+    expected = flat(strided.gauss_newton_hvp(fasts, 0.1, False, stride=1)(v, None)[0].values())
+    torch.testing.assert_close(sub, expected, rtol=1e-10, atol=1e-12)
 
 
 # ------------------------------------------------------------------ TRPO safety
