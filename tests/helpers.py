@@ -1,7 +1,9 @@
 """Assertions shared by test modules (imported as ``helpers``: pytest puts tests/ on the path)."""
 
 import csv
+import importlib.util
 import math
+from pathlib import Path
 
 import torch
 
@@ -58,3 +60,12 @@ def read_csv(path):
     """Rows of a CSV file as dicts."""
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
+
+
+def load_experiment_script(name):
+    """Imports ``experiments/<name>.py`` (a script, not a package module) as a module."""
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

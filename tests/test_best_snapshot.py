@@ -1,24 +1,11 @@
 """experiments/best_snapshot.py: select a snapshot on validation tasks, report on test tasks."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
-from helpers import read_csv
+from helpers import load_experiment_script, read_csv
 
 from metarl.cli import main as metarl_main
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location(
-        "best_snapshot", ROOT / "experiments" / "best_snapshot.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_selects_on_validation_and_reports_on_test(tmp_path, monkeypatch, capsys):
@@ -28,7 +15,7 @@ def test_selects_on_validation_and_reports_on_test(tmp_path, monkeypatch, capsys
     args += ["--set", "trial.max_episode_steps=5", "--set", "train.eval_every=0"]
     args += ["--set", "train.snapshot_every=2", "--no-progress"]
     assert metarl_main(args) == 0
-    module = load_module()
+    module = load_experiment_script("best_snapshot")
     argv = ["best_snapshot.py", str(run_dir), "--val-tasks", "5", "--test-tasks", "7"]
     monkeypatch.setattr(sys, "argv", argv)
     assert module.main() == 0

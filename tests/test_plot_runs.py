@@ -1,22 +1,10 @@
 """experiments/plot_runs.py draws a run's meta-training curve from its metrics.csv."""
 
-import importlib.util
-from pathlib import Path
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_module():
-    spec = importlib.util.spec_from_file_location(
-        "plot_runs", ROOT / "experiments" / "plot_runs.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_experiment_script
 
 
 def test_plot_run_reads_metrics_and_writes_png(tmp_path):
-    plot_runs = load_module()
+    plot_runs = load_experiment_script("plot_runs")
     run = tmp_path / "bandit_run"
     run.mkdir()
     lines = ["iteration,meta_train/return,meta_test/return,time/elapsed_s"]
@@ -35,11 +23,7 @@ def test_plot_run_reads_metrics_and_writes_png(tmp_path):
 
 
 def test_fewshot_tables_read_eval_outputs(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location(
-        "fewshot_tables", ROOT / "experiments" / "fewshot_tables.py"
-    )
-    tables = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tables)
+    tables = load_experiment_script("fewshot_tables")
     monkeypatch.setattr(tables, "RUNS", tmp_path)
     run = tmp_path / "omniglot_5w1s_protonet"
     (run / "eval").mkdir(parents=True)
