@@ -27,17 +27,28 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, foreign, truncated or tampered with."""
 
 
-def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
-    """Atomically writes ``payload`` (tensors, numbers, strings, containers) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def save_checkpoint(path: str | Path, payload: dict[str, Any], *copies: str | Path) -> None:
+    """Atomically writes ``payload`` (tensors, numbers, strings, containers) to ``path``.
+
+    Args:
+        path: The checkpoint file.
+        payload: What to store.
+        *copies: Further files that get the same bytes (serialised once), e.g. a kept
+            snapshot of the iteration that also became ``last.pt``.
+    """
     buffer = io.BytesIO()
     torch.save({"format": FORMAT, **payload}, buffer)
     data = buffer.getvalue()
-    digest = hashlib.sha256(data).hexdigest().encode()
+    blob = MAGIC + hashlib.sha256(data).hexdigest().encode() + b"\n" + data
+    for target in (path, *copies):
+        _write_atomically(Path(target), blob)
+
+
+def _write_atomically(path: Path, blob: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
-        f.write(MAGIC + digest + b"\n" + data)
+        f.write(blob)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)

@@ -250,7 +250,10 @@ class Runner:
                 flush=True,
             )
             return
-        state = load_checkpoint(path, map_location=self.device)
+        # Loaded to the CPU: load_state_dict then moves weights and optimiser moments to
+        # the parameters' device but keeps Adam's step counters on the CPU, where torch
+        # expects them (mapped to CUDA they stay there and cost a host sync per step).
+        state = load_checkpoint(path, map_location="cpu")
         saved = state.get("config")
         if isinstance(saved, dict):
             mismatch = config_mismatch(saved, self.config.to_dict())
@@ -277,7 +280,7 @@ class Runner:
         """Initialises the learner's parameters from another run (``train.init_from``)."""
         if path.is_dir():
             path = path / CHECKPOINT
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path, map_location="cpu")  # load_weights copies to the device
         saved = state.get("config")
         algorithm = saved.get("algorithm") if isinstance(saved, dict) else None
         if algorithm is not None and algorithm != self.config.algorithm:
@@ -338,15 +341,19 @@ class Runner:
         if close is not None:
             close()
 
-    def _save(self, iteration: int, path: Path = CHECKPOINT) -> None:
+    def _save(self, iteration: int, *paths: Path) -> None:
+        """Writes the learner's state after ``iteration`` to each of ``paths`` (relative to
+        the run directory; default ``checkpoints/last.pt``), serialising it once."""
+        first, *rest = paths or (CHECKPOINT,)
         save_checkpoint(
-            self.run_dir / path,
+            self.run_dir / first,
             {
                 "iteration": iteration,
                 "learner": self.learner.state_dict(),
                 "config": self.config.to_dict(),
                 "elapsed": self.elapsed,
             },
+            *(self.run_dir / p for p in rest),
         )
 
     def meta_test(self, iteration: int) -> dict[str, float]:
@@ -425,12 +432,14 @@ class Runner:
                     metrics["time/env_steps_per_s"] = metrics["meta_train/env_steps"] / dt
                 logger.log(it, metrics)
                 last = metrics
-                if (it + 1) % cfg.checkpoint_every == 0 or last_iteration:
-                    self._save(it + 1)
+                checkpoint = (it + 1) % cfg.checkpoint_every == 0 or last_iteration
+                keep = bool(cfg.snapshot_every) and (it + 1) % cfg.snapshot_every == 0
+                paths = [CHECKPOINT] * checkpoint + [snapshot_path(it + 1)] * keep
+                if paths:
+                    self._save(it + 1, *paths)
+                if checkpoint:
                     self.checkpointed = it + 1
                     self._status("running", iteration=it + 1)
-                if cfg.snapshot_every and (it + 1) % cfg.snapshot_every == 0:
-                    self._save(it + 1, snapshot_path(it + 1))
                 bar.update(metrics)
                 if out_of_time and it + 1 < cfg.iterations:
                     stopped_at = it + 1

@@ -310,12 +310,19 @@ def test_eval_output_and_device_errors(tmp_path, capsys):
         _one_line_error(code, err, "device cuda requested but torch sees no CUDA device")
 
 
-def test_snapshots_are_kept_and_evaluable(tmp_path, capsys):
+def test_snapshots_are_kept_and_evaluable(tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "r"
+    saves = []
+    real_save = torch.save
+    monkeypatch.setattr(torch, "save", lambda *a, **k: saves.append(1) or real_save(*a, **k))
     # nav2d: continuous returns, so two different checkpoints cannot score the same.
     args = ["train", "rl2", "nav2d", "--iterations", "4", "--logdir", str(run_dir), *SMALL]
     args += ["--set", "trial.max_episode_steps=5", "--set", "train.snapshot_every=2"]
     assert run(args, capsys)[0] == 0
+    # A checkpoint every iteration; the two snapshots fall on checkpointed iterations and
+    # reuse that serialisation (4 serialisations, not 6).
+    assert len(saves) == 4
+    monkeypatch.undo()
     names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
     assert names == ["iter_000002.pt", "iter_000004.pt", "last.pt"]
     last, final, early = (
@@ -660,3 +667,43 @@ def test_init_from_errors_are_one_line(tmp_path, capsys):
     assert code == 2 and "no checkpoint at" in err, err
     code, _, err = run(["train", "--resume", "--logdir", str(src), "--init-from", str(src)], capsys)
     assert code == 2 and "--init-from" in err, err
+
+
+@pytest.mark.parametrize(
+    "device",
+    [
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+        ),
+    ],
+)
+def test_resume_restores_optimizer_state_on_the_right_devices(tmp_path, capsys, device):
+    from metarl import registry
+    from metarl.config import build_run_config, load_yaml
+    from metarl.runner import Runner
+
+    run_dir = tmp_path / "r"
+    args = ["train", "rl2", "bandit", "--iterations", "2", "--logdir", str(run_dir), *SMALL]
+    assert run([*args, "--device", device], capsys)[0] == 0
+    saved = load_checkpoint(run_dir / "checkpoints/last.pt")["learner"]["optimizer"]["state"]
+    config, env_cls, learner_cls = build_run_config(
+        None, None, load_yaml(run_dir / "config.yaml"), [], {}, registry.resolve_env,
+        registry.resolve_algo,
+    )  # fmt: skip
+    runner = Runner(run_dir, config, env_cls, learner_cls, resume=True, progress=False)
+    try:
+        params = dict(enumerate(runner.learner.optimizer.param_groups[0]["params"]))
+        state = runner.learner.optimizer.state_dict()["state"]
+        assert state.keys() == saved.keys() and len(state) > 0
+        for index, moments in state.items():
+            # Adam's step counters stay on the CPU (torch's convention without
+            # capturable/fused); the moments live with their parameter.
+            assert moments["step"].device.type == "cpu"
+            assert float(moments["step"]) == float(saved[index]["step"]) > 0
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert moments[key].device == params[index].device
+                assert torch.equal(moments[key].cpu(), saved[index][key])
+    finally:
+        runner.close()
