@@ -188,6 +188,12 @@ class MAMLTRPOConfig:
     """Trajectories per task and step at meta-test, for the learner and the fine-tuned
     baselines alike (0: ``trajectories_per_task``). The MAML authors' 2D-navigation test
     script adapts on 40 (a VPG batch of 4,000 steps) after training with 20."""
+    eval_lr_scale: float | tuple[float, ...] = 1.0
+    """Factor on the inner step size at meta-test (``fast_lr``, or Meta-SGD's learned α),
+    for the learner and the fine-tuned baselines alike: one number for every step, or one
+    per step with the last repeated (``[1.0, 0.5]``: the training step size for the first
+    step, half of it for the later ones, as in the MAML authors' 2D-navigation test script,
+    which also adapts on 40 trajectories per step)."""
     eval_baselines: tuple[str, ...] = BASELINES
     """Baselines ``metarl eval`` adds: ``random``, ``pretrained``, ``oracle``, ``sb3-ppo``."""
     random_inits: int = 8
@@ -202,6 +208,12 @@ class MAMLTRPOConfig:
     """Held-out tasks on which the ``sb3-ppo`` baseline learns from scratch."""
     sb3_timesteps: int = 20000
     """Env steps of SB3 PPO training per ``sb3-ppo`` task."""
+
+    def eval_lr_scale_at(self, step: int) -> float:
+        """``eval_lr_scale`` of meta-test inner step ``step`` (0: the first update)."""
+        if isinstance(self.eval_lr_scale, tuple):
+            return self.eval_lr_scale[min(step, len(self.eval_lr_scale) - 1)]
+        return float(self.eval_lr_scale)
 
     @property
     def meta_test_trajectories(self) -> int:
@@ -233,6 +245,16 @@ class MAMLTRPOConfig:
             raise ValueError(f"algo.eval_steps must be >= 0, got {self.eval_steps}")
         if self.eval_trajectories < 0:
             raise ValueError(f"algo.eval_trajectories must be >= 0, got {self.eval_trajectories}")
+        if not isinstance(self.eval_lr_scale, int | float):
+            self.eval_lr_scale = tuple(float(x) for x in self.eval_lr_scale)
+        scales = (
+            self.eval_lr_scale if isinstance(self.eval_lr_scale, tuple) else [self.eval_lr_scale]
+        )
+        if not scales or not all(0 < x < float("inf") for x in scales):
+            raise ValueError(
+                f"algo.eval_lr_scale must be > 0 (a number or a non-empty list), "
+                f"got {self.eval_lr_scale}"
+            )
         if any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"algo.hidden_sizes must be >= 1, got {list(self.hidden_sizes)}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:
@@ -749,6 +771,15 @@ def make_inner_loss(net: PolicyMLP) -> Callable[[Params, TaskData], Tensor]:
         return -(log_prob * data.advantage * data.weight).sum()
 
     return loss
+
+
+def _scale_lr(lr: LearningRate, scale: float) -> LearningRate:
+    """``lr`` (a number, a tensor or per-parameter tensors) times ``scale``."""
+    if scale == 1.0:
+        return lr
+    if isinstance(lr, Mapping):
+        return {k: v * scale for k, v in lr.items()}
+    return lr * scale
 
 
 def adapt_per_task(
@@ -1291,7 +1322,8 @@ class MAMLTRPO(Learner):
         """Mean return per trajectory of every task after 0 .. ``steps`` inner steps.
 
         Each step collects ``eval_trajectories`` (default ``trajectories_per_task``) fresh
-        trajectories with the current weights, reports their mean return and adapts on them.
+        trajectories with the current weights, reports their mean return and adapts on them
+        with step size ``lr`` times ``eval_lr_scale`` (of that step).
         Tasks are processed in chunks of at most ~4096 rows to bound memory.
 
         Returns:
@@ -1314,7 +1346,12 @@ class MAMLTRPO(Learner):
                     data = self.sampler.prepare(batch, n)
                     with torch.no_grad():
                         p = inner_update(
-                            loss_fn, p, data, lr=lr, first_order=True, method=cfg.inner_method
+                            loss_fn,
+                            p,
+                            data,
+                            lr=_scale_lr(lr, cfg.eval_lr_scale_at(k)),
+                            first_order=True,
+                            method=cfg.inner_method,
                         )
                     self._check_fast(p)
         return out

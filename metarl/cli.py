@@ -88,6 +88,14 @@ def _parser() -> argparse.ArgumentParser:
         "iter_000050.pt) or a checkpoint path (default: checkpoints/last.pt)",
     )
     e.add_argument(
+        "--set",
+        dest="sets",
+        action="append",
+        default=[],
+        metavar="algo.eval_KEY=VALUE",
+        help="change the meta-test protocol, e.g. algo.eval_trajectories=40 (repeatable)",
+    )
+    e.add_argument(
         "--no-baselines",
         dest="baselines",
         action="store_false",
@@ -247,6 +255,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         args.device,
         baselines=args.baselines,
         checkpoint=args.checkpoint,
+        sets=args.sets,
     )
     out = Path(args.out) if args.out else Path(args.run_dir) / "eval"
     for name, curve in curves.items():

@@ -19,19 +19,22 @@ Writes, in the output directory:
 from __future__ import annotations
 
 import csv
+import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from metarl.checkpoint import CheckpointError, load_checkpoint, load_error_line
-from metarl.config import INT_MAX, ConfigError, build_run_config
+from metarl.config import INT_MAX, ConfigError, build_run_config, parse_set
 from metarl.learner import Curve
 from metarl.registry import resolve_algo, resolve_env
 from metarl.runner import (
     CHECKPOINT,
     RunDirError,
+    atomic_write_text,
     available_device,
     build_learner,
     build_problem,
@@ -252,6 +255,7 @@ def evaluate_run(
     *,
     baselines: bool = True,
     checkpoint: str | Path | None = None,
+    sets: Sequence[str] = (),
 ) -> dict[str, Curve]:
     """Meta-tests a checkpoint of ``run_dir`` (by default its last) on held-out tasks.
 
@@ -268,6 +272,9 @@ def evaluate_run(
         checkpoint: Which checkpoint: a file name in ``RUN_DIR/checkpoints`` (e.g. a
             ``train.snapshot_every`` snapshot, ``iter_000050.pt``) or a path to a checkpoint
             whose networks fit this run's configuration (default ``checkpoints/last.pt``).
+        sets: ``algo.eval_*=VALUE`` overrides of the meta-test protocol (e.g.
+            ``algo.eval_trajectories=40``); other keys would change what was trained and
+            are refused. They are recorded in ``evaluation.json``.
 
     Returns:
         The curves, keyed by learner name (the trained learner under its algorithm name).
@@ -275,10 +282,17 @@ def evaluate_run(
     run_dir = Path(run_dir)
     if seed is not None and not 0 <= seed <= INT_MAX:
         raise ConfigError(f"evaluation seed must be in [0, 2**63 - 1], got {seed}")
+    for item in sets:
+        section, key, _ = parse_set(item)
+        if section != "algo" or not key.startswith("eval_"):
+            raise ConfigError(
+                f"eval --set only takes algo.eval_* options (the meta-test protocol), "
+                f"got {section}.{key}"
+            )
     data = load_run(run_dir)
     flags = {"device": device} if device else {}
     config, env_cls, learner_cls = build_run_config(
-        None, None, data, [], flags, resolve_env, resolve_algo
+        None, None, data, list(sets), flags, resolve_env, resolve_algo
     )
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
@@ -335,6 +349,17 @@ def evaluate_run(
         optimum = distribution.optimal_episode_return(tasks)
     title = f"{config.algorithm} on {config.environment}"
     write_outputs(out_dir, curves, optimum, title=title, tasks=tasks)
+    # What produced these files, so an evaluation directory can be read on its own.
+    record = {
+        "run_dir": str(run_dir),
+        "checkpoint": str(path),
+        "iteration": state.get("iteration"),
+        "tasks": num_tasks,
+        "seed": seed,
+        "baselines": baselines,
+        "overrides": list(sets),
+    }
+    atomic_write_text(out_dir / "evaluation.json", json.dumps(record, indent=2) + "\n")
     if hasattr(distribution, "trial_images") and learner_curve.batch is not None:
         # Envs that can draw trials (the maze: episode paths side by side) get a few PNGs.
         _save_trial_images(out_dir, distribution, tasks, learner_curve.batch)

@@ -3,6 +3,7 @@ the linear feature baseline, per-task batched acting, and CLI smoke runs."""
 
 import copy
 import csv
+import json
 import math
 
 import numpy as np
@@ -677,6 +678,42 @@ def test_random_baseline_fine_tunes_one_initialisation_per_share_of_tasks(monkey
 def test_negative_eval_trajectories_is_rejected():
     with pytest.raises(ValueError, match="eval_trajectories"):
         MAMLTRPOConfig(eval_trajectories=-1)
+    with pytest.raises(ValueError, match="eval_lr_scale"):
+        MAMLTRPOConfig(eval_lr_scale=0.0)
+
+
+@pytest.mark.parametrize("meta_sgd", [False, True])
+def test_eval_lr_scale_multiplies_the_meta_test_step(meta_sgd):
+    # Halving the meta-test step (the MAML authors' 2D-navigation test protocol) is the
+    # same curve as passing half the step size, for a number (MAML) and for Meta-SGD's
+    # per-parameter alpha alike; and it differs from the unscaled curve.
+    problem = RLProblem(Nav2DDistribution(horizon=4), episodes=1)
+    tasks = problem.sample_train_tasks(3, 0, 0)
+
+    def curve(scale, lr_factor):
+        cls, cfg_cls = (MetaSGD, MetaSGDConfig) if meta_sgd else (MAMLTRPO, MAMLTRPOConfig)
+        torch.manual_seed(0)
+        cfg = cfg_cls(meta_batch_size=2, trajectories_per_task=3, hidden_sizes=(8,),
+                      fast_lr=0.4, eval_lr_scale=scale)  # fmt: skip
+        learner = cls(problem, cfg)
+        lr = learner.inner_lr()
+        lr = {k: v * lr_factor for k, v in lr.items()} if meta_sgd else lr * lr_factor
+        gen = torch.Generator().manual_seed(1)
+        return learner.adaptation_curve(learner.net, learner.theta(), lr, tasks, gen, steps=2)
+
+    halved, full = curve(0.5, 1.0), curve(1.0, 1.0)
+    torch.testing.assert_close(halved, curve(1.0, 0.5), rtol=0, atol=1e-5)
+    torch.testing.assert_close(halved, curve([0.5], 1.0), rtol=0, atol=1e-5)
+    assert not torch.allclose(halved[1:], full[1:], atol=1e-3)
+    # Per step, the last repeated: [1, 0.5] takes the full first step (the same samples
+    # and returns up to step 1) and a half second one.
+    schedule = curve([1.0, 0.5], 1.0)
+    torch.testing.assert_close(schedule[:2], full[:2], rtol=0, atol=1e-6)
+    assert not torch.allclose(schedule[2], full[2], atol=1e-3)
+    with pytest.raises(ValueError, match="eval_lr_scale"):
+        MAMLTRPOConfig(eval_lr_scale=[])
+    with pytest.raises(ValueError, match="eval_lr_scale"):
+        MAMLTRPOConfig(eval_lr_scale=[1.0, -0.5])
 
 
 # ------------------------------------------------------------------ CLI
@@ -786,3 +823,31 @@ def test_cli_eval_no_baselines_skips_maml_baselines(tmp_path, capsys):
     assert {"random", "pretrained", "oracle"} <= {r["learner"] for r in full}
     assert alone == [r for r in full if r["learner"] == "maml-trpo"]
     assert not (tmp_path / "o" / "other_curves.csv").exists()
+
+
+def test_cli_eval_set_changes_the_meta_test_protocol_only(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    args = ["train", "maml-trpo", "nav2d", "--iterations", "1", "--logdir", str(run_dir)]
+    assert main([*args, "--set", "env.horizon=5", *TINY]) == 0
+    base = ["eval", str(run_dir), "--tasks", "3", "--no-baselines"]
+    assert main([*base, "--out", str(tmp_path / "plain")]) == 0
+    sets = ["--set", "algo.eval_steps=2", "--set", "algo.eval_lr_scale=[1.0, 0.5]"]
+    assert main([*base, *sets, "--out", str(tmp_path / "set")]) == 0
+    capsys.readouterr()
+    with open(tmp_path / "set" / "adaptation.csv", newline="") as f:
+        xs = [r["x"] for r in csv.DictReader(f)]
+    assert xs == ["0", "1", "2"]  # eval_steps=2 took effect (the run's config says 1)
+    record = json.loads((tmp_path / "set" / "evaluation.json").read_text())
+    assert record["overrides"] == ["algo.eval_steps=2", "algo.eval_lr_scale=[1.0, 0.5]"]
+    assert record["iteration"] == 1 and record["tasks"] == 3 and record["baselines"] is False
+    assert json.loads((tmp_path / "plain" / "evaluation.json").read_text())["overrides"] == []
+    # Anything that is not the meta-test protocol would evaluate another learner.
+    for bad, message in [
+        ("algo.fast_lr=1.0", "eval --set only takes algo.eval_* options"),
+        ("train.seed=3", "eval --set only takes algo.eval_* options"),
+        ("algo.eval_bogus=1", "eval_bogus"),
+        ("algo.eval_lr_scale=-1", "eval_lr_scale must be > 0"),
+    ]:
+        code = main([*base, "--set", bad, "--out", str(tmp_path / "bad")])
+        _, err = capsys.readouterr()
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
