@@ -245,16 +245,19 @@ class MAMLTRPOConfig:
             raise ValueError(f"algo.eval_steps must be >= 0, got {self.eval_steps}")
         if self.eval_trajectories < 0:
             raise ValueError(f"algo.eval_trajectories must be >= 0, got {self.eval_trajectories}")
-        if not isinstance(self.eval_lr_scale, int | float):
-            self.eval_lr_scale = tuple(float(x) for x in self.eval_lr_scale)
         scales = (
-            self.eval_lr_scale if isinstance(self.eval_lr_scale, tuple) else [self.eval_lr_scale]
+            [self.eval_lr_scale]
+            if isinstance(self.eval_lr_scale, int | float)
+            else list(self.eval_lr_scale)
         )
-        if not scales or not all(0 < x < float("inf") for x in scales):
+        numbers = all(isinstance(x, int | float) and not isinstance(x, bool) for x in scales)
+        if not numbers or not scales or not all(0 < x < float("inf") for x in scales):
             raise ValueError(
-                f"algo.eval_lr_scale must be > 0 (a number or a non-empty list), "
+                f"algo.eval_lr_scale must be a positive number or a non-empty list of them, "
                 f"got {self.eval_lr_scale}"
             )
+        if not isinstance(self.eval_lr_scale, int | float):
+            self.eval_lr_scale = tuple(float(x) for x in scales)
         if any(h < 1 for h in self.hidden_sizes):
             raise ValueError(f"algo.hidden_sizes must be >= 1, got {list(self.hidden_sizes)}")
         if not 0 <= self.gamma <= 1 or not 0 <= self.gae_lambda <= 1:

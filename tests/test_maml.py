@@ -712,8 +712,9 @@ def test_eval_lr_scale_multiplies_the_meta_test_step(meta_sgd):
     assert not torch.allclose(schedule[2], full[2], atol=1e-3)
     with pytest.raises(ValueError, match="eval_lr_scale"):
         MAMLTRPOConfig(eval_lr_scale=[])
-    with pytest.raises(ValueError, match="eval_lr_scale"):
-        MAMLTRPOConfig(eval_lr_scale=[1.0, -0.5])
+    for bad in ([1.0, -0.5], [1.0, "a"], [1.0, [2.0]], [True]):
+        with pytest.raises(ValueError, match="eval_lr_scale must be a positive number"):
+            MAMLTRPOConfig(eval_lr_scale=bad)
 
 
 # ------------------------------------------------------------------ CLI
@@ -846,7 +847,7 @@ def test_cli_eval_set_changes_the_meta_test_protocol_only(tmp_path, capsys):
         ("algo.fast_lr=1.0", "eval --set only takes algo.eval_* options"),
         ("train.seed=3", "eval --set only takes algo.eval_* options"),
         ("algo.eval_bogus=1", "eval_bogus"),
-        ("algo.eval_lr_scale=-1", "eval_lr_scale must be > 0"),
+        ("algo.eval_lr_scale=-1", "eval_lr_scale must be a positive number"),
     ]:
         code = main([*base, "--set", bad, "--out", str(tmp_path / "bad")])
         _, err = capsys.readouterr()
