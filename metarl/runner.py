@@ -343,8 +343,8 @@ class Runner:
 
     def _save(self, iteration: int, *paths: Path) -> None:
         """Writes the learner's state after ``iteration`` to each of ``paths`` (relative to
-        the run directory; default ``checkpoints/last.pt``), serialising it once."""
-        first, *rest = paths or (CHECKPOINT,)
+        the run directory), serialising it once."""
+        first, *rest = paths
         save_checkpoint(
             self.run_dir / first,
             {
@@ -434,7 +434,11 @@ class Runner:
                 last = metrics
                 checkpoint = (it + 1) % cfg.checkpoint_every == 0 or last_iteration
                 keep = bool(cfg.snapshot_every) and (it + 1) % cfg.snapshot_every == 0
-                paths = [CHECKPOINT] * checkpoint + [snapshot_path(it + 1)] * keep
+                paths = []
+                if checkpoint:
+                    paths.append(CHECKPOINT)
+                if keep:
+                    paths.append(snapshot_path(it + 1))
                 if paths:
                     self._save(it + 1, *paths)
                 if checkpoint:
