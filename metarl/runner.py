@@ -557,7 +557,9 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
 
     ``train.*`` options other than the seed may change on resume (iterations, device,
     threads, evaluation and sampler settings): they do not change what the checkpoint is.
-    Options present on one side only (added in a newer metarl) are not compared.
+    Neither do ``algo.eval_*`` options (the meta-test protocol, the keys ``metarl eval
+    --set`` accepts): they are not compared either. Options present on one side only (added
+    in a newer metarl) are not compared.
     """
     saved, current = _plain(saved), _plain(current)
     for key in ("algorithm", "environment"):
@@ -568,6 +570,8 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
         # Only options both sides know: an option added to metarl after the checkpoint was
         # written (with a default that keeps the old behaviour) must not block a resume.
         for name in sorted(set(old) & set(new), key=str):
+            if section == "algo" and str(name).startswith("eval_"):
+                continue  # meta-test protocol only: training is the same either way
             a, b = old[name], new[name]
             if a != b:
                 return f"{section}.{name}: {a!r} in the checkpoint, {b!r} now"

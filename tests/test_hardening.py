@@ -309,6 +309,26 @@ def test_resume_refuses_what_would_break_determinism(reference_run, tmp_path, ca
     one_line_error(code, err, "different configuration (algo.hidden_size: 8 in the checkpoint")
 
 
+def test_resume_compares_what_was_trained_not_the_meta_test_protocol():
+    from metarl.runner import config_mismatch
+
+    saved = {
+        "algorithm": "maml-trpo",
+        "environment": "nav2d",
+        "algo": {"lr": 0.1, "eval_trajectories": 0, "eval_lr_scale": 1.0},
+        "train": {"seed": 0, "iterations": 10},
+    }
+    protocol = {**saved, "algo": {**saved["algo"], "eval_lr_scale": [1.0, 0.5]}}
+    protocol["algo"]["eval_trajectories"] = 40
+    assert config_mismatch(saved, protocol) is None
+    longer = {**saved, "train": {"seed": 0, "iterations": 20, "threads": 2}}
+    assert config_mismatch(saved, longer) is None
+    trained = {**saved, "algo": {**saved["algo"], "lr": 0.5}}
+    assert config_mismatch(saved, trained) == "algo.lr: 0.1 in the checkpoint, 0.5 now"
+    reseeded = {**saved, "train": {"seed": 1}}
+    assert config_mismatch(saved, reseeded) == "train.seed: 0 in the checkpoint, 1 now"
+
+
 def test_second_trainer_on_the_same_run_directory_is_refused(reference_run, tmp_path, capsys):
     import fcntl
 
