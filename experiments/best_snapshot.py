@@ -14,14 +14,19 @@ of noisy readings is biased upwards). This script does the standard thing instea
    different seed, ``--test-seed``; that second figure, with its 95% CI, is the result.
 
 Both stages use ``metarl eval``'s code path (:func:`metarl.evaluate.evaluate_run`,
-learner curve only), and write their outputs under ``RUN_DIR/best_snapshot/``: ``val/`` and
-``test/`` (``metarl eval``'s files), ``selection.csv`` (every figure above) and
-``selection.png`` (validation curve against training time, and the test figure).
+learner curve only) and the same meta-test protocol: the run's own, or the one that
+``--set algo.eval_*=VALUE`` gives (as ``metarl eval --set``, e.g. the MAML authors'
+``--set algo.eval_trajectories=40 --set "algo.eval_lr_scale=[1.0, 0.5]"``). Outputs go
+under ``RUN_DIR/best_snapshot/`` (``--out`` to change it): ``val/`` and ``test/``
+(``metarl eval``'s files), ``selection.csv`` (every figure above, with the protocol
+overrides) and ``selection.png`` (validation curve against training time, and the test
+figure).
 
 Usage::
 
     python experiments/best_snapshot.py RUN_DIR [--max-minutes 10] [--x 1]
         [--val-seed 100] [--val-tasks 300] [--test-seed 101] [--test-tasks 2000]
+        [--set algo.eval_KEY=VALUE ...] [--out DIR]
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import csv
 import sys
 from pathlib import Path
 
-from metarl.checkpoint import load_checkpoint
+from metarl.checkpoint import CheckpointError, load_checkpoint
+from metarl.config import ConfigError
 from metarl.evaluate import evaluate_run, mean_ci
 
 
@@ -88,13 +94,35 @@ def main() -> int:
     p.add_argument("--val-tasks", type=int, default=300)
     p.add_argument("--test-seed", type=int, default=101)
     p.add_argument("--test-tasks", type=int, default=2000)
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="algo.eval_KEY=VALUE",
+        help="meta-test protocol override for both stages, as metarl eval --set (repeatable)",
+    )
+    p.add_argument("--out", type=Path, help="output directory (default RUN_DIR/best_snapshot)")
     args = p.parse_args()
+    try:
+        return select(p, args)
+    except (ConfigError, CheckpointError) as e:
+        # One line and exit 2, as from metarl eval (argparse's usage dump would not help).
+        print(f"best_snapshot.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def select(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """Stage 1 on every snapshot, stage 2 on the best; writes selection.csv and .png.
+
+    Usage errors go through ``p.error`` (one line, exit 2).
+    """
     if args.val_seed == args.test_seed:
         p.error("--val-seed and --test-seed must differ (selection and report on fresh tasks)")
     snapshots = sorted((args.run_dir / "checkpoints").glob("iter_*.pt"))
     if not snapshots:
         p.error(f"no snapshots in {args.run_dir}/checkpoints (train with train.snapshot_every)")
-    out = args.run_dir / "best_snapshot"
+    out = args.out or args.run_dir / "best_snapshot"
+    protocol = "; ".join(args.set) or "default"
     rows = []
     for path in snapshots:
         state = load_checkpoint(path)
@@ -108,6 +136,7 @@ def main() -> int:
             out / "val" / path.stem,
             baselines=False,
             checkpoint=path.name,
+            sets=args.set,
         )
         (curve,) = curves.values()
         mean, ci = mean_and_ci(curve, args.x)
@@ -126,17 +155,21 @@ def main() -> int:
         out / "test",
         baselines=False,
         checkpoint=best[0],
+        sets=args.set,
     )
     (curve,) = curves.values()
     mean, ci = mean_and_ci(curve, args.x)
     with open(out / "selection.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["snapshot", "iteration", "minutes", "stage", "seed", "tasks", "mean", "ci95"])
-        for name, it, minutes, m, c in rows:
-            w.writerow([name, it, f"{minutes:.2f}", "val", args.val_seed, args.val_tasks, m, c])
-        w.writerow(
-            [best[0], best[1], f"{best[2]:.2f}", "test", args.test_seed, args.test_tasks, mean, ci]
-        )
+        header = ["snapshot", "iteration", "minutes", "stage", "seed", "tasks", "mean", "ci95"]
+        w.writerow([*header, "protocol"])
+        val = [
+            (name, it, mins, "val", args.val_seed, args.val_tasks, m, c)
+            for name, it, mins, m, c in rows
+        ]
+        test = (best[0], best[1], best[2], "test", args.test_seed, args.test_tasks, mean, ci)
+        for name, it, mins, stage, seed, tasks, m, c in [*val, test]:
+            w.writerow([name, it, f"{mins:.2f}", stage, seed, tasks, m, c, protocol])
     plot(rows, best, (mean, ci), args, out / "selection.png")
     print(
         f"best on validation: {best[0]} (it. {best[1]}, {best[2]:.1f} min of training); "
