@@ -114,7 +114,7 @@ def main() -> int:
 def select(p: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     """Stage 1 on every snapshot, stage 2 on the best; writes selection.csv and .png.
 
-    Usage errors go through ``p.error`` (one line, exit 2).
+    Usage errors go through ``p.error`` (argparse's usage line and the message, exit 2).
     """
     if args.val_seed == args.test_seed:
         p.error("--val-seed and --test-seed must differ (selection and report on fresh tasks)")
