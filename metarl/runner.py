@@ -557,9 +557,9 @@ def config_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> str | Non
 
     ``train.*`` options other than the seed may change on resume (iterations, device,
     threads, evaluation and sampler settings): they do not change what the checkpoint is.
-    Neither do ``algo.eval_*`` options (the meta-test protocol, the keys ``metarl eval
-    --set`` accepts): they are not compared either. Options present on one side only (added
-    in a newer metarl) are not compared.
+    Nor do ``algo.eval_*`` options (the meta-test protocol, the keys ``metarl eval --set``
+    accepts), so they are not compared either; nor are options present on one side only
+    (added in a newer metarl).
     """
     saved, current = _plain(saved), _plain(current)
     for key in ("algorithm", "environment"):
